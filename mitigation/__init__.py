@@ -1,0 +1,1 @@
+"""copyguard.mitigation: memorization detection, attribution and inference-time guidance."""

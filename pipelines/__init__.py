@@ -1,0 +1,1 @@
+"""copyguard.pipelines: the jobs people run (Beam curation, audit, demo) and the ``copyguard`` CLI."""

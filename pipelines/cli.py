@@ -1,0 +1,101 @@
+"""The ``copyguard`` command line: one subcommand per job.
+
+Exit codes: 0 success; 1 the job ran but failed (an invariant broke, a gate failed); 2 a usage or config
+mistake, reported on one line without a traceback; 130 interrupted.
+
+Each subcommand lives in a small ``register(subparsers)`` function that adds its parser and sets
+``func``; only subcommands that work are registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from copyguard.curation.errors import UsageError
+
+__all__ = ["main", "build_parser", "add_config_args"]
+
+log = logging.getLogger("copyguard")
+
+
+def _version() -> str:
+    try:
+        return version("copyguard")
+    except PackageNotFoundError:  # running from a checkout without install
+        return "0+unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors print one line (``copyguard <cmd>: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_config_args(parser: argparse.ArgumentParser, job: str) -> None:
+    """``--config PATH`` and repeatable ``--set job.key=value`` overrides."""
+    parser.add_argument(
+        "--config", metavar="PATH", default=None, help=f"YAML config (default: configs/{job}.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar=f"{job}.KEY=VALUE",
+        action="append",
+        default=[],
+        help=f"override one config value, e.g. --set {job}.seed=1 (repeatable)",
+    )
+
+
+def _register_all(sub: argparse._SubParsersAction) -> None:
+    from copyguard.pipelines import cmd_sample_data
+
+    registrars: list[Callable[[argparse._SubParsersAction], None]] = [cmd_sample_data.register]
+    for register in registrars:
+        register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="copyguard",
+        description="Keep text-to-image diffusion models from memorizing their training data.",
+    )
+    parser.add_argument("--version", action="version", version=f"copyguard {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _register_all(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if verbose < 2:  # third-party chatter stays quiet unless -vv
+        for name in ("apache_beam", "urllib3", "PIL", "matplotlib", "h5py", "numexpr"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"copyguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("copyguard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Packaging: map the four top-level code folders into the single `copyguard` namespace.
+
+The package list is computed from the folders, so a nested package (e.g. ``curation/io``) is never
+dropped. ``copyguard`` itself is an implicit namespace package: there is no top-level module to install
+besides the four subpackages, and nothing called ``train`` or ``pipelines`` lands top-level.
+"""
+
+from setuptools import find_packages, setup
+
+SUBPACKAGES = ("curation", "mitigation", "train", "pipelines")
+
+
+def _package_map() -> tuple[list[str], dict[str, str]]:
+    packages: list[str] = []
+    package_dir: dict[str, str] = {}
+    for folder in SUBPACKAGES:
+        root = f"copyguard.{folder}"
+        packages.append(root)
+        package_dir[root] = folder
+        for nested in find_packages(where=folder):
+            name = f"{root}.{nested}"
+            packages.append(name)
+            package_dir[name] = f"{folder}/{nested.replace('.', '/')}"
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _package_map()
+
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR)

@@ -1,0 +1,120 @@
+"""The wheel installs one namespace, ``copyguard``, and the code imports only through it."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("curation", "mitigation", "train", "pipelines")
+# Which subpackage may import which (curation <- mitigation <- train <- pipelines).
+ALLOWED = {
+    "curation": {"curation"},
+    "mitigation": {"curation", "mitigation"},
+    "train": {"curation", "mitigation", "train"},
+    "pipelines": {"curation", "mitigation", "train", "pipelines"},
+}
+
+
+def _python_files(folder: str) -> list[Path]:
+    return sorted(p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str, int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, node.module or "", node.level))
+    return found
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(out),
+        str(ROOT),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=out)
+    wheels = list(out.glob("copyguard-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def test_wheel_holds_only_the_copyguard_namespace(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/", 1)[0] for n in names}
+    meta = {t for t in top if t.endswith(".dist-info")}
+    assert top - meta == {"copyguard"}, f"unexpected top-level entries: {sorted(top - meta)}"
+    for forbidden in CODE_DIRS:
+        assert not any(n.startswith(f"{forbidden}/") for n in names)
+
+
+def test_wheel_includes_every_nested_package(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in CODE_DIRS:
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.relative_to(ROOT).as_posix()
+            assert f"copyguard/{rel}" in names, f"{rel} missing from the wheel"
+    assert "copyguard/pipelines/cli.py" in names
+
+
+def test_no_bare_or_relative_imports_of_our_folders() -> None:
+    offenders = []
+    for folder in CODE_DIRS + ("tests",):
+        for path in _python_files(folder):
+            for line, module, level in _imports(path):
+                head = module.split(".", 1)[0]
+                if level:
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: relative import")
+                elif head in CODE_DIRS:
+                    offenders.append(
+                        f"{path.relative_to(ROOT)}:{line}: import {module} (use copyguard.{module})"
+                    )
+    assert not offenders, "\n".join(offenders)
+
+
+def test_dependencies_point_one_way() -> None:
+    offenders = []
+    for folder in CODE_DIRS:
+        for path in _python_files(folder):
+            for line, module, _ in _imports(path):
+                parts = module.split(".")
+                if parts[0] == "copyguard" and len(parts) > 1 and parts[1] not in ALLOWED[folder]:
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {folder} imports {module}")
+                if folder == "curation" and parts[0] in ("apache_beam", "diffusers", "accelerate", "peft"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: curation imports {module}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_ruff_bans_bare_imports(tmp_path: Path) -> None:
+    """The lint rule (TID251 banned-api) flags ``import train`` in a file under the project config."""
+    probe = ROOT / "tests" / "_probe_banned_import.py"
+    probe.write_text("import train\nfrom pipelines import cli\n")
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "TID251", str(probe)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+    finally:
+        probe.unlink()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout.count("TID251") == 2, res.stdout
