@@ -52,9 +52,12 @@ def add_config_args(parser: argparse.ArgumentParser, job: str) -> None:
 
 
 def _register_all(sub: argparse._SubParsersAction) -> None:
-    from copyguard.pipelines import cmd_sample_data
+    from copyguard.pipelines import cmd_curate, cmd_sample_data
 
-    registrars: list[Callable[[argparse._SubParsersAction], None]] = [cmd_sample_data.register]
+    registrars: list[Callable[[argparse._SubParsersAction], None]] = [
+        cmd_sample_data.register,
+        cmd_curate.register,
+    ]
     for register in registrars:
         register(sub)
 
@@ -73,11 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropNoise(logging.Filter):
+    """Beam logs a harmless warning about optional GCP clients at import time; hide it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropNoise())
     if verbose < 2:  # third-party chatter stays quiet unless -vv
         for name in ("apache_beam", "urllib3", "PIL", "matplotlib", "h5py", "numexpr"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -85,9 +97,13 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose, args.quiet)
     try:
+        if getattr(args, "accepts_extra", False):  # e.g. curate: the rest goes to Beam's PipelineOptions
+            return int(args.func(args, extra) or 0)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"copyguard {args.command}: error: {exc}", file=sys.stderr)

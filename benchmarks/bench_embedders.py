@@ -1,0 +1,195 @@
+"""SSCD embedding throughput and copy-detection sanity for the packaged ONNX models (algorithms.md §9).
+
+    python -m benchmarks.bench_embedders [--machine TAG] [--images 32] [--repeats 3] [--batch-sizes 1,8,32]
+
+Writes ``benchmarks/results/<machine>/embedders.json``: per model, images/s and ms/image for each batch size,
+both end to end (64 px random photo crops, upscaled to 320 by the embedder) and model only (images already
+320x320, so no resize); the session start time; and cosine similarities of each photo with its JPEG
+re-encode and a mild crop (copies: should be > 0.75) and between different photos (should be low), at the
+photos' native size and at 64 px. Times are the best of ``--repeats`` passes; the load average at the start is recorded. About a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from skimage import data
+
+from copyguard.curation.embedders import embedder_info, load_embedder
+from copyguard.curation.fileops import atomic_write
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+MODELS = ("sscd-onnx", "sscd-distilled-onnx")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _pkg(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def machine_info(tag: str, threads: int) -> dict[str, Any]:
+    return {
+        "tag": tag,
+        "node": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": _usable_cpus(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "versions": {p: _pkg(p) for p in ("numpy", "onnxruntime", "torch", "faiss-cpu", "pillow")},
+    }
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def _crop(image: np.ndarray, keep: float = 0.9) -> np.ndarray:
+    h, w = image.shape[:2]
+    dh, dw = int(h * (1 - keep) / 2), int(w * (1 - keep) / 2)
+    return image[dh : h - dh, dw : w - dw]
+
+
+def random_crops(photos: list[np.ndarray], count: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """``count`` random square crops (30-100% of the short side) of the photos, resized to ``size``."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.uniform(0.3, 1.0) * min(h, w))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crops.append(_resize(photo[y : y + side, x : x + side], size))
+    return crops
+
+
+def throughput(embedder, images: list[np.ndarray], batch_size: int, repeats: int) -> dict[str, float]:
+    """Best (and median) of ``repeats`` timed passes over ``images``: the best is the least disturbed by
+    other processes on a shared machine."""
+    embedder.embed(images[:batch_size])  # warm-up at this batch shape
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            embedder.embed(images[i : i + batch_size])
+        passes.append((time.perf_counter() - start) / len(images))
+    best, median = min(passes), float(np.median(passes))
+    return {
+        "images_per_s": round(1 / best, 2),
+        "ms_per_image": round(1000 * best, 2),
+        "ms_per_image_median": round(1000 * median, 2),
+    }
+
+
+def quality(embedder, photos: list[np.ndarray]) -> dict[str, Any]:
+    """Cosines of copies (JPEG q75/q90, 90% centre crop) and of different photos, native and at 64 px."""
+    out: dict[str, Any] = {}
+    off_diagonal = ~np.eye(len(photos), dtype=bool)
+    for label, images in (("native", photos), ("64px", [_resize(p, 64) for p in photos])):
+        base = embedder.embed(images)
+        result = {}
+        for name, variant in (
+            ("jpeg_q75", [_jpeg(p, 75) for p in images]),
+            ("jpeg_q90", [_jpeg(p, 90) for p in images]),
+            ("crop_90", [_crop(p) for p in images]),
+        ):
+            cos = (base * embedder.embed(variant)).sum(axis=1)
+            result[name] = {"min": round(float(cos.min()), 3), "per_photo": [round(float(c), 3) for c in cos]}
+        different = (base @ base.T)[off_diagonal]
+        result["different_photos"] = {
+            "max": round(float(different.max()), 3),
+            "mean": round(float(different.mean()), 3),
+        }
+        out[label] = result
+    return out
+
+
+def run(
+    machine: str, images: int, batch_sizes: list[int], threads: int | None, repeats: int
+) -> dict[str, Any]:
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    photos = [getattr(data, name)() for name in PHOTOS]
+    crops = random_crops(photos, images)
+    full = [_resize(c, 320) for c in crops]
+    results: dict[str, Any] = {}
+    used_threads = 0
+    for kind in MODELS:
+        embedder = load_embedder(kind, threads=threads)
+        used_threads = embedder.threads or _usable_cpus()
+        start = time.perf_counter()
+        _ = embedder.dim  # builds the onnxruntime session
+        session_s = time.perf_counter() - start
+        results[kind] = {
+            "embedder": embedder_info(embedder),
+            "session_start_s": round(session_s, 3),
+            "end_to_end_64px": {str(b): throughput(embedder, crops, b, repeats) for b in batch_sizes},
+            "model_only_320px": {str(b): throughput(embedder, full, b, repeats) for b in batch_sizes},
+            "quality": quality(embedder, photos),
+        }
+    return {
+        "benchmark": "embedders",
+        "machine": {**machine_info(machine, used_threads), "load_average_at_start": load},
+        "images_per_pass": images,
+        "repeats": repeats,
+        "photos": list(PHOTOS),
+        "models": results,
+    }
+
+
+def _tag(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "machine"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machine", default=platform.node(), help="results folder name (default: uname -n)")
+    parser.add_argument("--images", type=int, default=32, help="images per timed pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting (best is reported)")
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    parser.add_argument("--out", default=str(RESULTS), help="results root")
+    args = parser.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    machine = _tag(args.machine)
+    report = run(machine, args.images, batch_sizes, args.threads, args.repeats)
+    path = Path(args.out) / machine / "embedders.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(path), json.dumps(report, indent=2) + "\n")
+    for kind, res in report["models"].items():
+        speeds = ", ".join(f"bs{b}: {v['ms_per_image']} ms/img" for b, v in res["model_only_320px"].items())
+        print(f"{kind}: {speeds}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Near-duplicate images: a FAISS similarity graph and chaining-safe clustering (algorithms.md §11).
+
+Embeddings are L2-normalized float32 rows, so cosine = inner product.
+
+- :func:`similarity_edges`: pairs with cosine >= threshold. Exact ``IndexFlatIP`` range search up to
+  ``exact_max`` vectors; an IVF index above (``nlist ~ ivf_nlist_factor * sqrt(N)``, trained on a seeded
+  sample); on GPU FAISS, which has no range search, a k-NN graph cut at the threshold.
+- :func:`cluster_components`: groups around representatives, so that chains of pairwise-similar images
+  (a ~ b ~ c ~ ... with distant end points) do not collapse into one giant group.
+
+Default threshold (``images.threshold`` = 0.75): SSCD's own calibration, copies at cosine > 0.75 with ~90%
+precision on DISC2021 (§9); 0.5 (the memorization papers' "memorized") is a detection level, too loose for
+deleting training data. Measured on ``sample-data --preset small`` (64 px photo tiles, seeds 0 and 1): planted
+re-encodes, resizes, crops and colour shifts score 0.6-1.0 with their original, but distinct tiles of one
+texture-like photo (brick, hubble, rocket) reach 0.87, so a lower threshold mostly adds false merges
+(pairwise F1 0.87 at 0.70, 0.965 at 0.75, 0.98 at 0.78); on full-size real photos (scikit-image) unrelated
+images stay below 0.3 and most edits above 0.75.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from copyguard.curation.components import group_ids
+from copyguard.curation.curate_config import ImagesConfig
+from copyguard.curation.errors import UsageError
+
+__all__ = [
+    "cluster_components",
+    "cluster_embeddings",
+    "gpu_available",
+    "group_ids",
+    "similarity_edges",
+]
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-6  # FAISS range search keeps scores strictly above the radius
+_PROGRESS_MIN = 50_000  # show a progress bar from this many queries on
+_GPU_MAX_K = 2048  # GPU FAISS k-selection limit
+
+
+def gpu_available() -> bool:
+    """True when the installed FAISS has GPU support and sees at least one GPU."""
+    try:
+        return int(getattr(faiss, "get_num_gpus", lambda: 0)()) > 0
+    except Exception:  # a CPU build or a broken CUDA install: no GPU
+        return False
+
+
+def _as_unit_rows(emb: np.ndarray) -> np.ndarray:
+    x = np.array(emb, dtype=np.float32, copy=True, order="C")
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array [N, d], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or inf")
+    faiss.normalize_L2(x)
+    return x
+
+
+def _batches(n: int, size: int, desc: str):
+    starts = range(0, n, size)
+    return tqdm(starts, desc=desc, unit="batch", disable=n < _PROGRESS_MIN, leave=False)
+
+
+def _range_edges(index, x: np.ndarray, threshold: float, batch: int) -> list[tuple[np.ndarray, ...]]:
+    parts = []
+    for start in _batches(len(x), batch, "similarity (range)"):
+        q = x[start : start + batch]
+        lims, dist, idx = index.range_search(q, threshold - _EPS)
+        rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
+        parts.append((rows, idx.astype(np.int64), dist.astype(np.float32)))
+    return parts
+
+
+def _knn_edges(index, x: np.ndarray, k: int, batch: int) -> list[tuple[np.ndarray, ...]]:
+    k = min(k + 1, len(x), _GPU_MAX_K)  # +1: a vector is its own nearest neighbour
+    parts = []
+    for start in _batches(len(x), batch, "similarity (k-NN)"):
+        q = x[start : start + batch]
+        dist, idx = index.search(q, k)
+        rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), k)
+        parts.append((rows, idx.reshape(-1).astype(np.int64), dist.reshape(-1).astype(np.float32)))
+    return parts
+
+
+def _ivf_index(x: np.ndarray, cfg: ImagesConfig):
+    n, d = x.shape
+    # At least ~39 training points per list (FAISS's own k-means warning), at most factor * sqrt(N) lists.
+    nlist = max(1, min(int(round(cfg.ivf_nlist_factor * math.sqrt(n))), n // 39))
+    rng = np.random.default_rng(cfg.seed)
+    n_train = min(n, max(cfg.ivf_train_size, 39 * nlist))
+    train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(train)
+    index.add(x)
+    index.nprobe = min(cfg.nprobe, nlist)
+    log.info("IVF index: %d vectors, nlist=%d, nprobe=%d, trained on %d", n, nlist, index.nprobe, n_train)
+    return index, quantizer
+
+
+def similarity_edges(
+    emb: np.ndarray, threshold: float, cfg: ImagesConfig | None = None, mode: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs with cosine >= ``threshold``: ``(i, j, sim)`` with ``i < j``, sorted by ``(i, j)``.
+
+    ``mode`` forces a search (``"exact"``, ``"ivf"``, ``"knn"``: exact k-NN on CPU, the GPU's graph); by
+    default: exact up to ``cfg.exact_max`` vectors, IVF above, and a k-NN graph (``cfg.knn_k`` neighbours,
+    flat or IVF index) on GPU FAISS. k-NN and IVF are approximate: a pair is kept when either side finds the
+    other. Rows are re-normalized (a copy), so slightly off-unit input is fine.
+    """
+    cfg = cfg or ImagesConfig()
+    x = _as_unit_rows(emb)
+    n = len(x)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if n < 2:
+        return empty
+    use_gpu = gpu_available() if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+    if use_gpu and not gpu_available():
+        raise UsageError("curate.images.use_gpu is true but FAISS sees no GPU (install faiss-gpu-cu12)")
+    if mode is None:
+        mode = "knn" if use_gpu else ("exact" if n <= cfg.exact_max else "ivf")
+    if mode not in ("exact", "ivf", "knn"):
+        raise ValueError(f"mode must be 'exact', 'ivf' or 'knn', got {mode!r}")
+
+    keep_alive = None
+    if mode == "exact" or (mode == "knn" and n <= cfg.exact_max):
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+    else:
+        index, keep_alive = _ivf_index(x, cfg)
+    if mode == "knn":
+        if use_gpu:
+            res = faiss.StandardGpuResources()
+            nprobe = getattr(index, "nprobe", None)
+            index = faiss.index_cpu_to_gpu(res, 0, index)
+            if nprobe is not None:
+                index.nprobe = nprobe
+            keep_alive = (keep_alive, res)
+        parts = _knn_edges(index, x, cfg.knn_k, cfg.query_batch)
+    else:
+        parts = _range_edges(index, x, threshold, cfg.query_batch)
+    del keep_alive
+
+    rows = np.concatenate([p[0] for p in parts])
+    cols = np.concatenate([p[1] for p in parts])
+    sims = np.concatenate([p[2] for p in parts])
+    ok = (cols >= 0) & (cols != rows) & (sims >= threshold)
+    rows, cols, sims = rows[ok], cols[ok], sims[ok]
+    i, j = np.minimum(rows, cols), np.maximum(rows, cols)
+    code = i * n + j
+    order = np.lexsort((-sims, code))  # per pair, the highest score first
+    code, sims = code[order], sims[order]
+    first = np.ones(len(code), dtype=bool)
+    first[1:] = code[1:] != code[:-1]
+    code, sims = code[first], sims[first]
+    return code // n, code % n, sims.astype(np.float32)
+
+
+def cluster_components(
+    n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray, cfg: ImagesConfig | None = None
+) -> np.ndarray:
+    """Group ``n`` items around representatives; returns int64 labels, the smallest index of each group.
+
+    Chaining protection (§11, "cluster around representatives" plus "a stricter threshold to join"):
+
+    1. Keep edges with ``sim >= cfg.threshold``.
+    2. Visit nodes by degree (descending), then summed similarity (descending, rounded to 1e-4), then
+       index. A node becomes a representative unless a neighbour already is one (a greedy maximal
+       independent set, so the hub of a planted group, linked to all its copies, is chosen first).
+    3. Every other node joins its most similar neighbouring representative (ties: smaller index). So every
+       member is a direct near-duplicate of its representative: a chain a~b~c~d~... of length L splits into
+       about L/2 groups instead of one, where union-find would return one component.
+    4. A representative left alone (all its neighbours were taken) joins the group of its most similar
+       neighbour only if that similarity is >= ``cfg.join_threshold``. Such a member is never a
+       representative, so this adds at most one hop: every member is within two edges of its representative.
+
+    Labels depend on the node indices (ties): sort the items by key first, as :func:`cluster_embeddings`
+    does, and the output is independent of the input order.
+    """
+    cfg = cfg or ImagesConfig()
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    sim = np.asarray(sim, dtype=np.float64)
+    if not (len(i) == len(j) == len(sim)):
+        raise ValueError("i, j and sim must have the same length")
+    if len(i) and (min(i.min(), j.min()) < 0 or max(i.max(), j.max()) >= n):
+        raise ValueError(f"edge index out of range for n={n}")
+    ok = (sim >= cfg.threshold) & (i != j)
+    i, j, sim = i[ok], j[ok], sim[ok]
+    labels = np.arange(n, dtype=np.int64)
+    if not len(i):
+        return labels
+
+    # CSR adjacency of the undirected graph.
+    src = np.concatenate([i, j])
+    dst = np.concatenate([j, i])
+    w = np.concatenate([sim, sim])
+    order = np.lexsort((dst, src))
+    src, dst, w = src[order], dst[order], w[order]
+    degree = np.bincount(src, minlength=n)
+    strength = np.round(np.bincount(src, weights=w, minlength=n), 4)
+    start = np.concatenate([[0], np.cumsum(degree)])
+
+    # 2. representatives: greedy maximal independent set by (degree desc, strength desc, index).
+    active = np.flatnonzero(degree)
+    visit = active[np.lexsort((active, -strength[active], -degree[active]))]
+    is_rep = np.zeros(n, dtype=bool)
+    blocked = np.zeros(n, dtype=bool)
+    for u in visit.tolist():
+        if blocked[u]:
+            continue
+        is_rep[u] = True
+        blocked[dst[start[u] : start[u + 1]]] = True
+
+    # 3. members join their most similar representative neighbour (ties: smaller index).
+    rep_of = np.where(is_rep, np.arange(n), -1)
+    edge_to_rep = is_rep[dst] & ~is_rep[src]
+    s, d, ww = src[edge_to_rep], dst[edge_to_rep], w[edge_to_rep]
+    best = np.lexsort((d, -ww, s))
+    s, d = s[best], d[best]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    rep_of[s[first]] = d[first]
+
+    # 4. lone representatives join the group of their best neighbour at the stricter join threshold.
+    group_size = np.bincount(rep_of[rep_of >= 0], minlength=n)
+    lone = is_rep & (group_size == 1)
+    joined = rep_of.copy()
+    for u in np.flatnonzero(lone).tolist():
+        nb, nw = dst[start[u] : start[u + 1]], w[start[u] : start[u + 1]]
+        if not len(nb):
+            continue
+        k = int(np.lexsort((nb, -nw))[0])
+        if nw[k] >= cfg.join_threshold and group_size[rep_of[nb[k]]] > 1:
+            joined[u] = rep_of[nb[k]]
+
+    labels[active] = joined[active]
+    # Name every group by its smallest member index.
+    smallest = np.full(n, n, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(n, dtype=np.int64))
+    return smallest[labels]
+
+
+def cluster_embeddings(
+    keys: Sequence[str], emb: np.ndarray, cfg: ImagesConfig | None = None, mode: str | None = None
+) -> list[str]:
+    """Image groups for ``keys``: each key's group id (its group's smallest key), independent of order.
+
+    Sorts by key, builds the similarity graph (:func:`similarity_edges`), clusters it
+    (:func:`cluster_components`) and names groups with :func:`group_ids`.
+    """
+    cfg = cfg or ImagesConfig()
+    if len(keys) != len(emb):
+        raise ValueError(f"{len(keys)} keys but {len(emb)} embeddings")
+    if len(set(keys)) != len(keys):
+        raise ValueError("keys must be unique")
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    sorted_keys = [keys[k] for k in order]
+    i, j, sim = similarity_edges(np.asarray(emb)[order], cfg.threshold, cfg, mode=mode)
+    labels = cluster_components(len(keys), i, j, sim, cfg)
+    ids = group_ids(sorted_keys, labels)
+    out = [""] * len(keys)
+    for pos, gid in zip(order, ids, strict=True):
+        out[pos] = gid
+    return out

@@ -1,0 +1,112 @@
+"""The curation job's config schema (``configs/curate.yaml``, section ``curate``).
+
+Thresholds and their reasons are documented with each field; algorithms.md §10 (captions), §11 (images).
+Load it with ``load_config(CurateConfig, "curate", path, overrides)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from copyguard.curation.config import StrictModel
+from copyguard.curation.images import DEFAULT_MAX_PIXELS
+
+__all__ = [
+    "CurateConfig",
+    "ImagesConfig",
+    "IOConfig",
+    "MinHashConfig",
+    "PolicyConfig",
+    "ReportConfig",
+]
+
+
+class MinHashConfig(StrictModel):
+    """Near-duplicate captions: MinHash LSH (algorithms.md §10)."""
+
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (128-256 usual)")
+    shingle_n: int = Field(5, ge=1, le=64, description="shingle length: words or characters")
+    shingle_kind: Literal["word", "char"] = Field("char", description="word or character n-grams")
+    threshold: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Jaccard the LSH bands target (about half of such pairs become candidates)",
+    )
+    seed: int = Field(1, ge=0, description="permutation seed; fixed so signatures match across workers")
+    verify: bool = Field(True, description="check candidate pairs with the exact shingle Jaccard")
+    verify_threshold: float = Field(0.6, ge=0.0, le=1.0, description="exact Jaccard a verified pair needs")
+    max_bucket_size: int = Field(
+        1000, ge=2, description="LSH buckets larger than this are logged and linked as a star only"
+    )
+    max_cc_rounds: int = Field(
+        12, ge=1, le=64, description="large-star/small-star rounds of the Beam connected components"
+    )
+
+
+class ImagesConfig(StrictModel):
+    """Near-duplicate images: SSCD descriptors, FAISS similarity graph, clustering (algorithms.md §11)."""
+
+    embedder: Literal["sscd-onnx", "sscd-distilled-onnx", "torchscript"] = "sscd-onnx"
+    embedder_path: str | None = Field(None, description="model file; default: the packaged ONNX model")
+    input_size: int = Field(320, ge=32, le=2048, description="square resize before the embedder")
+    batch_size: int = Field(64, ge=1, description="images per embedder call")
+    threshold: float = Field(
+        0.75, ge=0.0, le=1.0, description="cosine for a pair to be flagged and linked to a representative"
+    )
+    join_threshold: float = Field(
+        0.85, ge=0.0, le=1.0, description="stricter cosine for a leftover singleton to join a group"
+    )
+    exact_max: int = Field(200_000, ge=1, description="exact IndexFlatIP up to this many vectors, IVF above")
+    ivf_nlist_factor: float = Field(8.0, gt=0.0, description="IVF nlist = factor * sqrt(N)")
+    ivf_train_size: int = Field(200_000, ge=1000, description="max vectors sampled to train the IVF")
+    nprobe: int = Field(32, ge=1, description="IVF lists probed per query")
+    knn_k: int = Field(64, ge=2, le=2048, description="neighbours per vector for the k-NN graph (GPU)")
+    query_batch: int = Field(4096, ge=1, description="queries per FAISS call (bounds memory)")
+    use_gpu: Literal["auto"] | bool = Field("auto", description="GPU FAISS: auto-detect, force or forbid")
+    seed: int = Field(0, ge=0, description="seed of the IVF training sample")
+
+    @model_validator(mode="after")
+    def _join_not_looser(self) -> ImagesConfig:
+        if self.join_threshold < self.threshold:
+            raise ValueError(
+                f"join_threshold ({self.join_threshold}) must be >= threshold ({self.threshold})"
+            )
+        return self
+
+
+class PolicyConfig(StrictModel):
+    """Joint keep/drop decision (policy.py)."""
+
+    template_min_images: int = Field(
+        5, ge=2, description="a caption group over this many distinct image groups is templated"
+    )
+    template_policy: Literal["keep", "cap", "drop"] = Field("cap", description="what to do with templated")
+    template_cap: int = Field(3, ge=1, description="kept samples per templated caption under 'cap'")
+
+
+class IOConfig(StrictModel):
+    """Reading and writing shards."""
+
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard")
+    samples_per_shard: int = Field(10_000, ge=1, description="output shard rolls after this many samples")
+    max_shard_bytes: int = Field(1 << 30, ge=1024, description="output shard rolls after this many bytes")
+
+
+class ReportConfig(StrictModel):
+    """The curation report."""
+
+    top_groups: int = Field(20, ge=0, description="largest duplicate groups listed in the report")
+    thumbnails_per_group: int = Field(8, ge=1, description="members shown per group in the report")
+
+
+class CurateConfig(StrictModel):
+    """Everything the curation job reads from ``configs/curate.yaml``."""
+
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    io: IOConfig = Field(default_factory=IOConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
