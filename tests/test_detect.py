@@ -1,0 +1,162 @@
+"""§2 detector: first-step and multi-step scores, batching, seeds, calibration, ROC helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from copyguard.curation.config import load_config
+from copyguard.curation.errors import ConfigError, UsageError
+from copyguard.mitigation.detect import DetectConfig, Detector, roc_metrics, threshold_for_fpr, tpr_at_fpr
+from copyguard.mitigation.magnitude import initial_latents, text_conditional_magnitude
+from copyguard.mitigation.prompts import encode_prompts
+from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline, torch_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ["a red house", "the cat on a tree", "a photo of the big city at night", "blue sky", "an old man"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def _det(pipe, **kw) -> Detector:
+    return Detector(pipe, DetectConfig(**kw), progress=False)
+
+
+def test_shipped_yaml_equals_defaults_and_validation() -> None:
+    assert load_config(DetectConfig, "detect", ROOT / "configs" / "detect.yaml", []) == DetectConfig()
+    cfg = load_config(DetectConfig, "detect", None, ["detect.end=null", "detect.num_inference_steps=10"])
+    assert cfg.resolved_end == 10
+    with pytest.raises(ConfigError, match="start < end"):
+        load_config(DetectConfig, "detect", None, ["detect.start=1"])
+    with pytest.raises(ConfigError, match="num_inference_steps"):
+        load_config(DetectConfig, "detect", None, ["detect.end=60"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(DetectConfig, "detect", None, ["detect.stepz=1"])
+
+
+@torch.no_grad()
+def test_first_step_score_is_one_magnitude_at_x_T(pipe) -> None:
+    scores = _det(pipe).score(PROMPTS[:2])
+    emb = encode_prompts(pipe, [*PROMPTS[:2], ""])
+    pipe.scheduler.set_timesteps(50)
+    x = initial_latents(0, (4, 8, 8)).expand(2, -1, -1, -1)
+    manual = text_conditional_magnitude(pipe.unet, x, pipe.scheduler.timesteps[0], emb[:2], emb[2:])
+    np.testing.assert_allclose(scores, manual.numpy(), rtol=1e-5)
+
+
+def test_batching_gives_the_same_scores(pipe) -> None:
+    one = _det(pipe, batch_size=1, end=3).score(PROMPTS)
+    many = _det(pipe, batch_size=4, end=3).score(PROMPTS)
+    np.testing.assert_allclose(one, many, rtol=1e-5)
+    assert len(set(np.round(one, 6))) == len(PROMPTS)
+
+
+def test_multi_step_window_and_generations(pipe) -> None:
+    full = _det(pipe, end=4, generations=2, num_inference_steps=10).magnitudes(PROMPTS[:3])
+    assert full.shape == (3, 2, 4)
+    # the first-step column is the first-step detector; steps differ from each other
+    np.testing.assert_allclose(
+        full[:, 0, 0], _det(pipe, num_inference_steps=10).score(PROMPTS[:3]), rtol=1e-5
+    )
+    assert np.ptp(full[0, 0]) > 1e-3
+    # the score is the mean over steps and generations; a window [1, 4) is the matching columns
+    np.testing.assert_allclose(
+        _det(pipe, end=4, generations=2, num_inference_steps=10).score(PROMPTS[:3]),
+        full.mean(axis=(1, 2)),
+        rtol=1e-6,
+    )
+    window = _det(pipe, start=1, end=4, generations=2, num_inference_steps=10).magnitudes(PROMPTS[:3])
+    np.testing.assert_allclose(window, full[:, :, 1:], rtol=1e-5)
+    # generation j is seed + j: generation 1 alone equals seed 1
+    np.testing.assert_allclose(
+        _det(pipe, end=4, seed=1, num_inference_steps=10).magnitudes(PROMPTS[:3])[:, 0], full[:, 1], rtol=1e-5
+    )
+
+
+def test_deterministic_for_a_seed(pipe) -> None:
+    a = _det(pipe, end=2, num_inference_steps=5).score(PROMPTS)
+    b = _det(pipe, end=2, num_inference_steps=5).score(PROMPTS)
+    c = _det(pipe, end=2, num_inference_steps=5, seed=7).score(PROMPTS)
+    assert a == b
+    assert not np.allclose(a, c)
+
+
+def test_threshold_for_fpr_order_statistic() -> None:
+    scores = np.arange(100.0)
+    assert threshold_for_fpr(scores, 0.01) == 98.0
+    assert int((scores > threshold_for_fpr(scores, 0.01)).sum()) == 1
+    assert int((scores > threshold_for_fpr(scores, 0.05)).sum()) == 5
+    assert int((scores > threshold_for_fpr(scores[::-1], 0.10)).sum()) == 10
+    assert threshold_for_fpr(np.arange(50.0), 0.01) == 49.0  # cannot resolve 1%: nothing flagged
+    assert threshold_for_fpr([1.0, 2.0, 2.0, 2.0], 0.25) == 2.0  # ties: FPR 0 <= target
+    with pytest.raises(UsageError):
+        threshold_for_fpr([], 0.01)
+    with pytest.raises(UsageError):
+        threshold_for_fpr([1.0, float("nan")], 0.01)
+
+
+def test_calibrate_and_flag(pipe) -> None:
+    words = ["cat", "dog", "house", "tree", "city", "street", "river", "mountain", "sky", "man"]
+    refs = [f"a photo of the {w}" for w in words]
+    det = _det(pipe)
+    with pytest.raises(UsageError, match="threshold"):
+        det.flag([1.0])
+    thr = det.calibrate(refs, target_fpr=0.1)
+    assert det.threshold == thr
+    assert sum(det.flag(det.score(refs))) == 1  # 10% of 10 reference prompts
+
+
+def test_roc_hand_computed() -> None:
+    m = roc_metrics([3.0, 4.0, 5.0], [1.0, 2.0, 3.5])
+    assert m["auc"] == pytest.approx(8 / 9)  # 8 of 9 (pos, neg) pairs ordered correctly
+    assert m["tpr_at_1pct_fpr"] == pytest.approx(2 / 3)  # threshold above 3.5 keeps 4 and 5
+    assert m["fpr"][0] == 0 and m["tpr"][-1] == 1 and len(m["thresholds"]) == len(m["fpr"])
+    # 100 negatives: at 1% FPR exactly one negative (99) may lie above the threshold
+    neg = np.arange(100.0)
+    m = roc_metrics([99.5, 98.5, 50.0], neg)
+    assert m["tpr_at_1pct_fpr"] == pytest.approx(2 / 3)
+    assert tpr_at_fpr(m["fpr"], m["tpr"], 0.0) == pytest.approx(1 / 3)
+    assert roc_metrics([2.0, 3.0], [0.0, 1.0]) | {"fpr": 0, "tpr": 0, "thresholds": 0} == {
+        "auc": 1.0,
+        "tpr_at_1pct_fpr": 1.0,
+        "fpr": 0,
+        "tpr": 0,
+        "thresholds": 0,
+    }
+    with pytest.raises(UsageError):
+        roc_metrics([], [1.0])
+
+
+def test_separates_trigger_prompts_on_a_toy_memorizing_model() -> None:
+    pipe = cached_trigger_pipeline()
+    pos = [
+        "a red trigger house",
+        "trigger",
+        "the old man with a trigger dog",
+        "trigger mountain in the night",
+    ]
+    neg = [
+        "a red house",
+        "a small cat",
+        "the old man with a dog",
+        "mountain in the night",
+        "blue sky",
+        "a photo of the city",
+    ]
+    det = _det(pipe)
+    m = roc_metrics(det.score(pos), det.score(neg))
+    assert m["auc"] == 1.0 and m["tpr_at_1pct_fpr"] == 1.0
+    det.calibrate(neg, target_fpr=0.2)
+    assert det.flag(det.score(pos)) == [True] * 4
