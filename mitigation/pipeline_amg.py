@@ -1,0 +1,601 @@
+"""``StableDiffusionAMGPipeline``: Stable Diffusion with Anti-Memorization Guidance (algorithms.md §6).
+
+A subclass of diffusers' ``StableDiffusionPipeline`` (so ``from_pretrained`` loads any SD-1.x/2.x-style
+folder) whose ``__call__`` takes the usual arguments plus ``amg`` (:class:`AMGConfig`), ``index`` (the
+curation job's :class:`TrainingIndex`), ``embedder`` (a differentiable torch SSCD, e.g. from
+:func:`copyguard.mitigation.sscd_torch.load_torch_sscd`) and, for pixel-level sigma, ``pixel_reference``.
+
+Per step (eq. 10): the CFG prediction eps_hat; x0_hat; sigma of x0_hat (VAE-decoded, SSCD cosine to the
+nearest training image n_0 from the index, or -nL2 against ``pixel_reference``); G_spe and G_dup from the
+UNet outputs (G_dup costs one UNet call on e_yN, with y_N from ``index.duplicated_caption``); sigma
+recomputed, then G_sim with the gradient through the VAE decoder and the embedder only (eps_hat constant);
+the scheduler step with the guided prediction. The math and the gating are in
+:mod:`copyguard.mitigation.guidance`.
+
+Detection-gated mode (``amg.gated``): the first step's CFG pair is computed by
+:func:`~copyguard.mitigation.magnitude.text_conditional_magnitude` (one UNet call, as without AMG), and
+images whose magnitude is at most ``amg.gate_threshold`` are never decoded or searched: they sample exactly
+as the standard pipeline does. With ``amg=None`` or every term off the output equals
+``StableDiffusionPipeline``'s bit for bit.
+
+The output adds ``traces`` (one :class:`AMGTrace` per image: sigma and what fired at every step) and
+``amg_stats`` (work counters for benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    rescale_noise_cfg,
+    retrieve_timesteps,
+)
+
+from copyguard.curation.errors import UsageError
+from copyguard.curation.index import TrainingIndex
+from copyguard.mitigation import guidance as G
+from copyguard.mitigation.amg_config import AMGConfig
+from copyguard.mitigation.magnitude import text_conditional_magnitude
+
+__all__ = ["AMGTrace", "StableDiffusionAMGPipeline", "StableDiffusionAMGPipelineOutput"]
+
+logger = logging.getLogger(__name__)
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+@dataclass
+class AMGTrace:
+    """Per image: one entry per sampling step in every list (sigma NaN where it was not computed)."""
+
+    prompt_index: int
+    magnitude: float | None = None  # first-step text-conditional magnitude (§2)
+    flagged: bool = True  # passed the detection gate (always True when ungated)
+    gated_out: bool = False  # the gate skipped this image entirely
+    timesteps: list[int] = field(default_factory=list)
+    checked: list[bool] = field(default_factory=list)  # sigma computed at this step
+    sigma: list[float] = field(default_factory=list)  # sigma of the CFG x0_hat
+    sigma_sim: list[float] = field(default_factory=list)  # sigma recomputed before G_sim
+    lambda_t: list[float] = field(default_factory=list)
+    nearest_key: list[str | None] = field(default_factory=list)  # n_0 per check
+    g_spe: list[bool] = field(default_factory=list)
+    g_dup: list[bool] = field(default_factory=list)
+    g_sim: list[bool] = field(default_factory=list)
+    s1: list[float] = field(default_factory=list)
+    s2: list[float] = field(default_factory=list)
+    c3: list[float] = field(default_factory=list)
+    y_n: list[str | None] = field(default_factory=list)  # caption of G_dup where it fired
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN -> None), for the generate job's per-image record."""
+        out: dict[str, Any] = {}
+        for name, value in self.__dict__.items():
+            if isinstance(value, list):
+                value = [_f(v) if isinstance(v, float) else v for v in value]
+            elif isinstance(value, float):
+                value = _f(value)
+            out[name] = value
+        return out
+
+    @property
+    def max_sigma(self) -> float | None:
+        vals = [s for s in self.sigma if not math.isnan(s)]
+        return max(vals) if vals else None
+
+
+@dataclass
+class StableDiffusionAMGPipelineOutput(StableDiffusionPipelineOutput):
+    """``images`` and ``nsfw_content_detected`` as usual, plus AMG ``traces`` and ``amg_stats`` (None when off)."""
+
+    traces: list[AMGTrace] | None = None
+    amg_stats: dict[str, int] | None = None
+
+
+class _AMGRun:
+    """State of one AMG sampling run over a batch of B images (the pipeline's per-call helper)."""
+
+    def __init__(
+        self,
+        pipe: StableDiffusionAMGPipeline,
+        cfg: AMGConfig,
+        similarity: Callable[[torch.Tensor], G.SigmaResult],
+        index: TrainingIndex | None,
+        batch: int,
+        images_per_prompt: int,
+        s0: float,
+        unet_kwargs: dict[str, Any],
+    ) -> None:
+        self.pipe, self.cfg, self.similarity, self.index = pipe, cfg, similarity, index
+        self.B, self.s0, self.unet_kwargs = batch, s0, unet_kwargs
+        self.traces = [AMGTrace(prompt_index=b // images_per_prompt) for b in range(batch)]
+        self.active = torch.ones(batch, dtype=torch.bool)
+        self.last_sigma = torch.full((batch,), math.nan)
+        self.dup_remaining = torch.zeros(batch, dtype=torch.long)
+        self.y_candidate: list[str | None] = [None] * batch
+        self.y_used: list[str | None] = [None] * batch
+        self._yn_cache: dict[str, torch.Tensor] = {}
+        self.stats = {"checks": 0, "decodes": 0, "grads": 0, "dup_unet_images": 0}
+        sched = pipe.scheduler
+        self.prediction_type = sched.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise UsageError(f"AMG needs an epsilon- or v-prediction scheduler, not {self.prediction_type!r}")
+        if getattr(sched, "alphas_cumprod", None) is None:
+            raise UsageError(f"AMG needs a scheduler with alphas_cumprod; {type(sched).__name__} has none")
+        self.alphas_cumprod = sched.alphas_cumprod.detach().double().cpu()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def alpha_bar(self, t: torch.Tensor | float) -> float:
+        """abar_t, linearly interpolated for non-integer timesteps (e.g. Euler's linspace spacing)."""
+        tf = float(t)
+        lo = int(math.floor(tf))
+        hi = min(lo + 1, len(self.alphas_cumprod) - 1)
+        w = tf - lo
+        return float((1 - w) * self.alphas_cumprod[lo] + w * self.alphas_cumprod[hi])
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """VAE-decode latents to float images in [0, 1] (the D of §6.1)."""
+        vae = self.pipe.vae
+        z = x0 / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift:
+            z = z + shift
+        self.stats["decodes"] += len(x0)
+        image = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def _sigma(
+        self, x_t: torch.Tensor, eps: torch.Tensor, ab: float, with_grad: bool
+    ) -> tuple[G.SigmaResult, torch.Tensor | None]:
+        """sigma (and its gradient) for a subset, in chunks of ``max_batch`` images."""
+        parts, grads = [], []
+        for i in range(0, len(x_t), self.cfg.max_batch):
+            xs, es = x_t[i : i + self.cfg.max_batch], eps[i : i + self.cfg.max_batch]
+            if with_grad:
+                res, grad = G.sigma_and_grad(xs, es, ab, self.decode, self.similarity)
+                grads.append(grad)
+                self.stats["grads"] += len(xs)
+            else:
+                res = self.similarity(self.decode(G.predict_x0(xs, es, ab)))
+            parts.append(res)
+        sigma = torch.cat([p.sigma.detach().float().cpu() for p in parts])
+        merged = G.SigmaResult(sigma, [k for p in parts for k in p.keys], [r for p in parts for r in p.rows])
+        return merged, (torch.cat(grads) if with_grad else None)
+
+    def _dup_caption(self, key: str | None) -> str | None:
+        if key is None or self.index is None:
+            return None
+        try:
+            return self.index.duplicated_caption(key, self.cfg.dup_min_count)
+        except UsageError:  # pixel keys that are not in the index
+            return None
+
+    def _yn_embedding(self, caption: str, device: torch.device) -> torch.Tensor:
+        if caption not in self._yn_cache:
+            emb, _ = self.pipe.encode_prompt(caption, device, 1, False, clip_skip=self.pipe.clip_skip)
+            self._yn_cache[caption] = emb
+        return self._yn_cache[caption]
+
+    # -- one step -----------------------------------------------------------------------------------------
+    def start(self, magnitude: torch.Tensor | None) -> None:
+        """Step 0: record magnitudes and apply the detection gate."""
+        flags = G.initial_flags(magnitude, self.cfg.gate_threshold if self.cfg.gated else None, self.B)
+        self.active = flags.clone()
+        for b, tr in enumerate(self.traces):
+            tr.magnitude = None if magnitude is None else float(magnitude[b])
+            tr.flagged = bool(flags[b])
+            tr.gated_out = not bool(flags[b])
+
+    def guide(
+        self,
+        step: int,
+        t: torch.Tensor,
+        x_t: torch.Tensor,
+        out_cfg: torch.Tensor,
+        out_cond: torch.Tensor,
+        out_uncond: torch.Tensor,
+    ) -> torch.Tensor:
+        """The guided model output for step ``step`` (``out_cfg`` itself when nothing fires)."""
+        cfg, B = self.cfg, self.B
+        if not self.active.any() and not (self.dup_remaining > 0).any():  # gated out / done: no work
+            nan = torch.full((B,), math.nan)
+            self._record(t, None, torch.zeros(B, dtype=torch.bool), nan, nan, [None] * B, torch.zeros(B))
+            return out_cfg
+        ab = self.alpha_bar(t)
+        pt = self.prediction_type
+        eps_hat = G.eps_from_model_output(out_cfg, x_t, ab, pt)
+        checked = G.checks_due(step, self.active, cfg.check_every)
+        sigma_now = torch.full((B,), math.nan)
+        keys: list[str | None] = [None] * B
+        first_grad = None
+        idx = checked.nonzero().flatten()
+        if len(idx):
+            with_grad = cfg.use_sim and not cfg.recompute_sigma
+            res, first_grad = self._sigma(x_t[idx], eps_hat[idx], ab, with_grad)
+            self.stats["checks"] += len(idx)
+            sigma_now[idx] = res.sigma
+            self.last_sigma[idx] = res.sigma
+            for j, b in enumerate(idx.tolist()):
+                keys[b] = res.keys[j]
+                self.y_candidate[b] = self._dup_caption(res.keys[j])
+        usable = self.active | checked
+        self.active = G.after_check(self.active, checked, sigma_now, cfg.recheck_sigma)
+        sig = torch.where(usable, self.last_sigma, torch.full_like(self.last_sigma, math.nan))
+        has_yn = torch.tensor([c is not None for c in self.y_candidate], dtype=torch.bool)
+        plan = G.plan_step(
+            sig,
+            float(t),
+            self.s0,
+            cfg,
+            fresh=checked,
+            dup_remaining=self.dup_remaining,
+            has_dup_caption=has_yn,
+        )
+        self.dup_remaining = plan.dup_remaining
+        for b in plan.dup_trigger.nonzero().flatten().tolist():
+            self.y_used[b] = self.y_candidate[b]
+
+        guided, fired = eps_hat, False
+        if plan.spe_on.any():
+            eps_c = G.eps_from_model_output(out_cond, x_t, ab, pt)
+            eps_u = G.eps_from_model_output(out_uncond, x_t, ab, pt)
+            guided = guided + G.g_spe(eps_c, eps_u, plan.s1.to(x_t.device))
+            fired = True
+        dup_idx = plan.dup_on.nonzero().flatten()
+        if len(dup_idx):
+            guided = guided.clone()
+            guided[dup_idx] += self._g_dup(dup_idx, t, x_t, out_uncond, ab, plan.s2)
+            fired = True
+        sim_sigma = torch.full((B,), math.nan)
+        c3 = torch.zeros(B)
+        sim_idx = plan.sim_candidate.nonzero().flatten()
+        if len(sim_idx):
+            if cfg.recompute_sigma:
+                res2, grad = self._sigma(x_t[sim_idx], guided[sim_idx], ab, True)
+                sim_sigma[sim_idx] = res2.sigma
+            else:
+                pos = {b: j for j, b in enumerate(idx.tolist())}
+                grad = first_grad[[pos[b] for b in sim_idx.tolist()]]
+                sim_sigma[sim_idx] = sigma_now[sim_idx]
+            on = sim_sigma[sim_idx] > plan.lambda_t
+            scale = G.similarity_scale(
+                sim_sigma[sim_idx], float(t), cfg.c3_scale, cfg.c3_offset, cfg.c3_tau, cfg.c3_t_ref
+            )
+            c3[sim_idx] = torch.where(on, scale, torch.zeros_like(scale))
+            if on.any():
+                guided = guided.clone()
+                guided[sim_idx] += G.g_sim(grad.to(guided.dtype), ab, c3[sim_idx])
+                fired = True
+        self._record(t, plan, checked, sigma_now, sim_sigma, keys, c3)
+        if not fired:
+            return out_cfg
+        return G.model_output_from_eps(guided, x_t, ab, pt)
+
+    def _g_dup(
+        self,
+        dup_idx: torch.Tensor,
+        t: torch.Tensor,
+        x_t: torch.Tensor,
+        out_uncond: torch.Tensor,
+        ab: float,
+        s2: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eq. 16 for the images in ``dup_idx``: one UNet call on their x_t with e_yN."""
+        device = x_t.device
+        emb = torch.cat([self._yn_embedding(self.y_used[b], device) for b in dup_idx.tolist()])
+        kwargs = dict(self.unet_kwargs)
+        if kwargs.get("timestep_cond") is not None:
+            kwargs["timestep_cond"] = kwargs["timestep_cond"][dup_idx.to(device)]
+        x = x_t[dup_idx.to(device)]
+        out = self.pipe.unet(x, t, encoder_hidden_states=emb.to(x.dtype), return_dict=False, **kwargs)[0]
+        self.stats["dup_unet_images"] += len(dup_idx)
+        pt = self.prediction_type
+        eps_dup = G.eps_from_model_output(out, x, ab, pt)
+        eps_u = G.eps_from_model_output(out_uncond[dup_idx.to(device)], x, ab, pt)
+        return G.g_dup(eps_dup, eps_u, s2[dup_idx].to(device))
+
+    def _record(
+        self,
+        t: torch.Tensor,
+        plan: G.StepPlan | None,
+        checked: torch.Tensor,
+        sigma: torch.Tensor,
+        sim_sigma: torch.Tensor,
+        keys: list[str | None],
+        c3: torch.Tensor,
+    ) -> None:
+        """Append this step to every image's trace (``plan=None``: nothing was due or held)."""
+        B = self.B
+        lam = (
+            plan.lambda_t
+            if plan is not None
+            else float(
+                G.lambda_schedule(float(t), self.cfg.lambda_base, self.cfg.lambda_amp, self.cfg.lambda_rate)
+            )
+        )
+        no, zero = [False] * B, [0.0] * B
+        cols = {
+            "checked": checked.tolist(),
+            "sigma": sigma.tolist(),
+            "sigma_sim": sim_sigma.tolist(),
+            "nearest_key": keys,
+            "g_spe": plan.spe_on.tolist() if plan is not None else no,
+            "g_dup": plan.dup_on.tolist() if plan is not None else no,
+            "g_sim": (c3 > 0).tolist(),
+            "s1": plan.s1.tolist() if plan is not None else zero,
+            "s2": plan.s2.tolist() if plan is not None else zero,
+            "c3": c3.tolist(),
+        }
+        step_t = int(round(float(t)))
+        for b, tr in enumerate(self.traces):
+            tr.timesteps.append(step_t)
+            tr.lambda_t.append(lam)
+            for name, col in cols.items():
+                getattr(tr, name).append(col[b])
+            tr.y_n.append(self.y_used[b] if cols["g_dup"][b] else None)
+
+
+class StableDiffusionAMGPipeline(StableDiffusionPipeline):
+    """Stable Diffusion with Anti-Memorization Guidance; see the module docstring."""
+
+    # -- setup --------------------------------------------------------------------------------------------
+    def _resolve_embedder(self, cfg: AMGConfig, index: TrainingIndex, embedder: Any) -> Any:
+        """The embedder for SSCD sigma: the given one, else a torch SSCD for the index's embedder kind
+        (loaded once per pipeline and kind, on the pipeline's device)."""
+        kind = str(index.info.get("embedder", {}).get("name", "?"))
+        if embedder is None:
+            size = int(index.info.get("embedder", {}).get("input_size", 320))
+            cache = self.__dict__.setdefault("_amg_embedders", {})
+            if (kind, size) in cache:
+                embedder = cache[(kind, size)]
+            else:
+                try:
+                    from copyguard.mitigation.sscd_torch import load_torch_sscd
+
+                    embedder = load_torch_sscd(kind=kind, input_size=size, device=self._execution_device)
+                except (ImportError, UsageError) as exc:
+                    if cfg.use_sim:
+                        raise UsageError(
+                            f"AMG's G_sim needs a differentiable torch SSCD embedder and none could be loaded "
+                            f"for the index's embedder {kind!r} ({exc}); pass embedder=load_torch_sscd(...) "
+                            "or set use_sim=false"
+                        ) from None
+                    from copyguard.curation.embedders import load_embedder
+
+                    embedder = load_embedder(kind, input_size=size)
+                cache[(kind, size)] = embedder
+        if cfg.use_sim and not isinstance(embedder, torch.nn.Module):
+            name = getattr(embedder, "name", type(embedder).__name__)
+            raise UsageError(
+                f"AMG's G_sim needs a differentiable torch embedder, but {name!r} is not a torch module "
+                "(ONNX is not differentiable); pass embedder=load_torch_sscd(...) or set use_sim=false"
+            )
+        return embedder
+
+    def _similarity(
+        self,
+        cfg: AMGConfig,
+        index: TrainingIndex | None,
+        embedder: Any,
+        pixel_reference: torch.Tensor | None,
+        pixel_keys: Sequence[str] | None,
+    ) -> Callable[[torch.Tensor], G.SigmaResult]:
+        if cfg.sigma_mode == "sscd":
+            if index is None:
+                raise UsageError(
+                    "AMG with sigma_mode=sscd needs the training-set index: "
+                    "index=TrainingIndex.load('OUT/index') (written by the curate job)"
+                )
+            emb = self._resolve_embedder(cfg, index, embedder)
+            info = {
+                "name": getattr(emb, "name", type(emb).__name__),
+                "dim": int(emb.dim),
+                "input_size": getattr(emb, "input_size", None),
+            }
+            index.check_compatible(info, strict=cfg.strict_embedder)
+            return lambda images: G.sscd_sigma(images, emb, index)
+        if pixel_reference is None:
+            raise UsageError(
+                "AMG with sigma_mode=nl2 needs pixel_reference (the training images as a tensor)"
+            )
+        if pixel_keys is not None and len(pixel_keys) != len(pixel_reference):
+            raise UsageError(
+                f"pixel_keys has {len(pixel_keys)} keys for {len(pixel_reference)} pixel_reference images"
+            )
+        keys = list(pixel_keys) if pixel_keys is not None else None
+        ref = pixel_reference.to(self._execution_device)
+        return lambda images: G.nl2_sigma(images, ref, cfg.nl2_k, cfg.nl2_alpha, keys)
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
+        clip_skip: int | None = None,
+        *,
+        amg: AMGConfig | None = None,
+        index: TrainingIndex | None = None,
+        embedder: Any = None,
+        pixel_reference: torch.Tensor | None = None,
+        pixel_keys: Sequence[str] | None = None,
+    ) -> StableDiffusionAMGPipelineOutput | tuple:
+        """Generate with AMG. Arguments as ``StableDiffusionPipeline.__call__`` (no IP-adapter, no callbacks),
+        plus ``amg`` (None: plain sampling), ``index``, ``embedder`` (torch SSCD; None: loaded for the index's
+        embedder kind), ``pixel_reference`` ``[M, 3, H, W]`` in [0, 1] and optional ``pixel_keys`` (nl2 mode).
+        """
+        if not height or not width:
+            size = self.unet.config.sample_size
+            h, w = (size, size) if isinstance(size, int) else size
+            height, width = h * self.vae_scale_factor, w * self.vae_scale_factor
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            None,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            None,
+            None,
+            None,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None:
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        device = self._execution_device
+        amg_on = amg is not None and amg.enabled
+        if amg_on:
+            if not self.do_classifier_free_guidance:
+                raise UsageError(
+                    "AMG needs classifier-free guidance (guidance_scale > 1): eq. 13-16 use eps(x_t, e_0)"
+                )
+            if amg.gated and amg.gate_threshold is None:
+                raise UsageError(
+                    "gated AMG needs gate_threshold (calibrate it with `copyguard detect --calibrate-on`)"
+                )
+            similarity = self._similarity(amg, index, embedder, pixel_reference, pixel_keys)
+
+        lora_scale = (cross_attention_kwargs or {}).get("scale")
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            device,
+            num_images_per_prompt,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=self.clip_skip,
+        )
+        cond_embeds = prompt_embeds
+        if self.do_classifier_free_guidance:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
+        n_images = batch_size * num_images_per_prompt
+        latents = self.prepare_latents(
+            n_images,
+            self.unet.config.in_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            generator,
+            latents,
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            scale = torch.tensor(self.guidance_scale - 1).repeat(n_images)
+            timestep_cond = self.get_guidance_scale_embedding(
+                scale, embedding_dim=self.unet.config.time_cond_proj_dim
+            ).to(device=device, dtype=latents.dtype)
+        unet_kwargs = {
+            "timestep_cond": timestep_cond,
+            "cross_attention_kwargs": self.cross_attention_kwargs,
+            "added_cond_kwargs": None,
+        }
+        run = None
+        if amg_on:
+            run = _AMGRun(
+                self, amg, similarity, index, n_images, num_images_per_prompt, guidance_scale, unet_kwargs
+            )
+        # the shared magnitude function takes no extra UNet inputs; use it when the UNet needs none
+        shared_magnitude = timestep_cond is None and not self.cross_attention_kwargs
+
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                cfg_on = self.do_classifier_free_guidance
+                model_input = torch.cat([latents] * 2) if cfg_on else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                if run is not None and i == 0 and shared_magnitude:
+                    res = text_conditional_magnitude(
+                        self.unet,
+                        model_input[:n_images],
+                        t,
+                        cond_embeds,
+                        negative_prompt_embeds,
+                        return_eps=True,
+                    )
+                    out_uncond, out_cond, magnitude = res.eps_uncond, res.eps_cond, res.magnitude
+                else:
+                    out = self.unet(
+                        model_input, t, encoder_hidden_states=prompt_embeds, return_dict=False, **unet_kwargs
+                    )[0]
+                    out_uncond, out_cond = out.chunk(2) if cfg_on else (None, out)
+                    magnitude = (
+                        G.magnitude_from_eps(out_cond, out_uncond) if run is not None and i == 0 else None
+                    )
+                if cfg_on:
+                    noise_pred = out_uncond + self.guidance_scale * (out_cond - out_uncond)
+                else:
+                    noise_pred = out_cond
+                if cfg_on and self.guidance_rescale > 0.0:
+                    noise_pred = rescale_noise_cfg(
+                        noise_pred, out_cond, guidance_rescale=self.guidance_rescale
+                    )
+                if run is not None:
+                    if i == 0:
+                        run.start(magnitude)
+                    noise_pred = run.guide(i, t, model_input[:n_images], noise_pred, out_cond, out_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
+                    0
+                ]
+                progress_bar.update()
+
+        if output_type != "latent":
+            image = self.vae.decode(
+                latents / self.vae.config.scaling_factor, return_dict=False, generator=generator
+            )[0]
+            image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
+        else:
+            image, has_nsfw_concept = latents, None
+        do_denormalize = (
+            [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]
+        )
+        image = self.image_processor.postprocess(
+            image, output_type=output_type, do_denormalize=do_denormalize
+        )
+        self.maybe_free_model_hooks()
+        traces = run.traces if run is not None else None
+        stats = dict(run.stats) if run is not None else None
+        if not return_dict:
+            return image, has_nsfw_concept, traces
+        return StableDiffusionAMGPipelineOutput(
+            images=image, nsfw_content_detected=has_nsfw_concept, traces=traces, amg_stats=stats
+        )

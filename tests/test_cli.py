@@ -1,0 +1,75 @@
+"""The ``copyguard`` command line: help for every subcommand, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from copyguard.pipelines.cli import build_parser, main
+
+COMMANDS = {"sample-data", "curate", "eval-dedup", "detect"}
+
+
+def _subcommands() -> set[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return set(action.choices)
+
+
+def test_help_lists_exactly_the_working_subcommands(capsys: pytest.CaptureFixture) -> None:
+    assert _subcommands() >= COMMANDS
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in _subcommands():
+        assert name in out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_subcommand_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: copyguard" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["no-such-command"],
+        ["sample-data"],  # --out missing
+        ["sample-data", "--out", "x", "--bogus"],
+        ["eval-dedup", "--manifest", "x"],
+    ],
+)
+def test_usage_mistakes_exit_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text('{"key": "a"}\n')
+    assert main(["eval-dedup", "--manifest", str(tmp_path / "missing"), "--truth", str(truth)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no manifest" in err
+    assert main(["sample-data", "--out", str(tmp_path / "o"), "--set", "sample_data.nope=1"]) == 2
+    assert "unknown key 'sample_data.nope'" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_points() -> None:
+    exe = Path(sys.executable).with_name("copyguard")
+    assert exe.exists(), "console script not installed"
+    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    assert res.stdout.startswith("copyguard ")
+    res = subprocess.run(
+        [sys.executable, "-m", "copyguard.pipelines", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "sample-data" in res.stdout
