@@ -16,6 +16,7 @@ SCHEMAS = {
     "sample_data": "copyguard.curation.sample_data:SampleDataConfig",
     "lab": "copyguard.train.lab_config:LabConfig",
     "detect": "copyguard.mitigation.detect:DetectConfig",
+    "generate": "copyguard.mitigation.generate:GenerateConfig",
 }
 
 

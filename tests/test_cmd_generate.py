@@ -1,0 +1,106 @@
+"""``copyguard generate``: plain, baseline, prompt-opt and AMG generations on a saved toy model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from copyguard.curation.index import TrainingIndex
+from copyguard.mitigation.generate import MITIGATIONS
+from copyguard.pipelines.cli import main
+from copyguard.pipelines.cmd_generate import CHOICES
+from tests.tiny_sd import cached_trigger_pipeline, torch_threads
+
+FAST = ["--set", "generate.num_inference_steps=4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("trigger_model_gen")
+    with torch_threads(1):
+        cached_trigger_pipeline().save_pretrained(path)
+    return path
+
+
+def test_cli_choices_match_the_library() -> None:
+    assert tuple(CHOICES) == tuple(MITIGATIONS)
+
+
+@pytest.mark.parametrize("mitigation", ["none", "gni", "rt", "cwr", "rna"])
+def test_generate_writes_images_and_records(model_dir: Path, tmp_path: Path, mitigation: str) -> None:
+    out = tmp_path / mitigation
+    argv = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", "--prompt", "a house"]
+    argv += ["--seeds", "0,1", "--mitigation", mitigation, "--out", str(out), *FAST]
+    with torch_threads(1):
+        assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert [(r["prompt_index"], r["seed"]) for r in records] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert all(r["mitigation"] == mitigation for r in records)
+    img = Image.open(out / records[0]["image"])
+    assert img.size == (16, 16)
+
+
+def test_same_seed_same_image_regardless_of_batching(model_dir: Path, tmp_path: Path) -> None:
+    base = ["generate", "--model", str(model_dir), "--seeds", "3", *FAST]
+    with torch_threads(1):
+        assert main([*base, "--prompt", "a house", "--out", str(tmp_path / "one")]) == 0
+        assert (
+            main([*base, "--prompt", "a trigger dog", "--prompt", "a house", "--out", str(tmp_path / "two")])
+            == 0
+        )
+    a = np.asarray(Image.open(tmp_path / "one" / "images" / "p00000_s3.png"))
+    b = np.asarray(Image.open(tmp_path / "two" / "images" / "p00001_s3.png"))
+    assert np.array_equal(a, b)
+
+
+def test_prompt_opt_calibrates_on_reference_prompts(model_dir: Path, tmp_path: Path) -> None:
+    refs = tmp_path / "refs.txt"
+    refs.write_text("a cat\nan old car\na bowl of fruit\n")
+    out = tmp_path / "po"
+    argv = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", "--mitigation", "prompt-opt"]
+    argv += ["--calibrate-on", str(refs), "--out", str(out), *FAST]
+    with torch_threads(1):
+        assert main(argv) == 0
+    (record,) = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert record["prompt_opt"]["final_loss"] < record["prompt_opt"]["initial_loss"]
+
+
+def test_amg_records_sigma_traces(model_dir: Path, tmp_path: Path) -> None:
+    dim = 8
+    rng = np.random.default_rng(0)
+    entries = [{"key": f"k{i}", "caption": "a trigger dog"} for i in range(3)]
+    info = {"name": "toy", "dim": dim, "input_size": 16, "preprocessing": {}}
+    TrainingIndex.build(rng.normal(size=(3, dim)).astype("float32"), entries, info).save(
+        str(tmp_path / "index")
+    )
+    out = tmp_path / "amg"
+    argv = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", "--mitigation", "amg"]
+    argv += [
+        "--index",
+        str(tmp_path / "index"),
+        "--out",
+        str(out),
+        *FAST,
+        "--set",
+        "generate.amg.use_sim=false",
+    ]
+    with torch_threads(1):
+        code = main(argv)
+    # A toy index whose embedder has no torch port: SSCD sigma cannot be computed -> clear usage error.
+    assert code == 2
+
+
+def test_generate_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = str(tmp_path / "o")
+    assert main(["generate", "--model", str(model_dir), "--out", out]) == 2
+    assert "--prompt" in capsys.readouterr().err
+    assert (
+        main(["generate", "--model", str(model_dir), "--prompt", "x", "--mitigation", "amg", "--out", out])
+        == 2
+    )
+    assert "--index" in capsys.readouterr().err
+    assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--seeds", "a,b", "--out", out]) == 2
