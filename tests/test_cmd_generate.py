@@ -70,28 +70,29 @@ def test_prompt_opt_calibrates_on_reference_prompts(model_dir: Path, tmp_path: P
 
 
 def test_amg_records_sigma_traces(model_dir: Path, tmp_path: Path) -> None:
-    dim = 8
-    rng = np.random.default_rng(0)
-    entries = [{"key": f"k{i}", "caption": "a trigger dog"} for i in range(3)]
-    info = {"name": "toy", "dim": dim, "input_size": 16, "preprocessing": {}}
-    TrainingIndex.build(rng.normal(size=(3, dim)).astype("float32"), entries, info).save(
-        str(tmp_path / "index")
-    )
-    out = tmp_path / "amg"
-    argv = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", "--mitigation", "amg"]
-    argv += [
-        "--index",
-        str(tmp_path / "index"),
-        "--out",
-        str(out),
-        *FAST,
-        "--set",
-        "generate.amg.use_sim=false",
-    ]
+    """The training index holds the image plain sampling makes for this prompt and seed: AMG must see it."""
+    from copyguard.curation.embedders import embedder_info, load_embedder
+
+    base = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", *FAST]
     with torch_threads(1):
-        code = main(argv)
-    # A toy index whose embedder has no torch port: SSCD sigma cannot be computed -> clear usage error.
-    assert code == 2
+        assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    copy = np.asarray(Image.open(tmp_path / "plain" / "images" / "p00000_s0.png").convert("RGB"))
+    rng = np.random.default_rng(0)
+    others = [rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    embedder = load_embedder("sscd-distilled-onnx")
+    vectors = embedder.embed([copy, *others])
+    entries = [{"key": f"k{i}", "caption": "a trigger dog"} for i in range(3)]
+    TrainingIndex.build(vectors, entries, embedder_info(embedder)).save(str(tmp_path / "index"))
+    out = tmp_path / "amg"
+    argv = [*base, "--mitigation", "amg", "--index", str(tmp_path / "index"), "--out", str(out)]
+    with torch_threads(1):
+        assert main(argv) == 0
+    (record,) = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    trace = record["amg"]
+    assert len(trace["sigma"]) == 4 and trace["nearest_key"][0] == "k0"
+    assert trace["sigma"][0] > 0.5 and any(trace["g_spe"])
+    guided = np.asarray(Image.open(out / record["image"]).convert("RGB"), dtype=np.float32)
+    assert np.abs(guided - copy.astype(np.float32)).mean() > 1.0  # guidance changed the image
 
 
 def test_generate_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
