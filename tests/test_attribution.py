@@ -22,13 +22,9 @@ from copyguard.mitigation.attribution import (
 from copyguard.mitigation.detect import DetectConfig, Detector
 from copyguard.mitigation.magnitude import initial_latents
 from copyguard.mitigation.prompts import encode_prompts
-from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline, torch_threads
+from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

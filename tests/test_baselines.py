@@ -18,15 +18,12 @@ from copyguard.mitigation.baselines import (
     random_tokens,
     repeat_caption_words,
 )
-from tests.tiny_sd import tiny_pipeline, tiny_tokenizer, torch_threads
+from tests.tiny_sd import tiny_pipeline, tiny_tokenizer
 
 PROMPT = "a photo of the old house by the river"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

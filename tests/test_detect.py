@@ -13,16 +13,13 @@ from copyguard.curation.errors import ConfigError, UsageError
 from copyguard.mitigation.detect import DetectConfig, Detector, roc_metrics, threshold_for_fpr, tpr_at_fpr
 from copyguard.mitigation.magnitude import initial_latents, text_conditional_magnitude
 from copyguard.mitigation.prompts import encode_prompts
-from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline, torch_threads
+from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red house", "the cat on a tree", "a photo of the big city at night", "blue sky", "an old man"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

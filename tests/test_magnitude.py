@@ -13,13 +13,9 @@ from copyguard.mitigation.magnitude import (
     text_conditional_magnitude,
 )
 from copyguard.mitigation.prompts import encode_prompts
-from tests.tiny_sd import tiny_pipeline, tiny_unet, torch_threads
+from tests.tiny_sd import tiny_pipeline, tiny_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from copyguard.mitigation.prompt_opt import (
     optimize_prompts,
 )
 from copyguard.mitigation.prompts import encode_prompts
-from tests.tiny_sd import cached_trigger_pipeline, torch_threads
+from tests.tiny_sd import cached_trigger_pipeline
 
 STEPS = 4  # sampling steps of the generations below (the optimization uses their first timestep)
 NEG = [
@@ -28,10 +28,7 @@ NEG = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
