@@ -1,66 +1,35 @@
 """SSCD embedding throughput and copy-detection sanity for the packaged ONNX models (algorithms.md §9).
 
-    python -m benchmarks.bench_embedders [--machine TAG] [--images 32] [--repeats 3] [--batch-sizes 1,8,32]
+    python -m benchmarks.bench_embedders [--quick] [--machine TAG] [--out DIR] [--images 32] [--repeats 3]
+                                         [--batch-sizes 1,8,32]
 
 Writes ``benchmarks/results/<machine>/embedders.json``: per model, images/s and ms/image for each batch size,
 both end to end (64 px random photo crops, upscaled to 320 by the embedder) and model only (images already
 320x320, so no resize); the session start time; and cosine similarities of each photo with its JPEG
 re-encode and a mild crop (copies: should be > 0.75) and between different photos (should be low), at the
-photos' native size and at 64 px. Times are the best of ``--repeats`` passes; the load average at the start is recorded. About a minute on two cores.
+photos' native size and at 64 px. Times are the best of ``--repeats`` passes; the machine and the load
+average at the start and end are recorded (:mod:`benchmarks.common`). About a minute on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
-import re
+import logging
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from skimage import data
 
+from benchmarks.common import add_common_args, begin, finish, setup_logging, usable_cpus, write_result
 from copyguard.curation.embedders import embedder_info, load_embedder
-from copyguard.curation.fileops import atomic_write
 
+log = logging.getLogger("benchmarks.bench_embedders")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 MODELS = ("sscd-onnx", "sscd-distilled-onnx")
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _pkg(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def machine_info(tag: str, threads: int) -> dict[str, Any]:
-    return {
-        "tag": tag,
-        "node": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": _usable_cpus(),
-        "threads": threads,
-        "python": platform.python_version(),
-        "versions": {p: _pkg(p) for p in ("numpy", "onnxruntime", "torch", "faiss-cpu", "pillow")},
-    }
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -134,20 +103,25 @@ def quality(embedder, photos: list[np.ndarray]) -> dict[str, Any]:
 
 
 def run(
-    machine: str, images: int, batch_sizes: list[int], threads: int | None, repeats: int
+    machine: str,
+    images: int,
+    batch_sizes: list[int],
+    threads: int | None,
+    repeats: int,
+    quick: bool = False,
+    argv: list[str] | None = None,
 ) -> dict[str, Any]:
-    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    report = begin("embedders", "benchmarks.bench_embedders", argv, machine, quick, threads or usable_cpus())
     photos = [getattr(data, name)() for name in PHOTOS]
     crops = random_crops(photos, images)
     full = [_resize(c, 320) for c in crops]
     results: dict[str, Any] = {}
-    used_threads = 0
     for kind in MODELS:
         embedder = load_embedder(kind, threads=threads)
-        used_threads = embedder.threads or _usable_cpus()
         start = time.perf_counter()
         _ = embedder.dim  # builds the onnxruntime session
         session_s = time.perf_counter() - start
+        log.info("%s: timing %d images at batch sizes %s", kind, images, batch_sizes)
         results[kind] = {
             "embedder": embedder_info(embedder),
             "session_start_s": round(session_s, 3),
@@ -155,35 +129,25 @@ def run(
             "model_only_320px": {str(b): throughput(embedder, full, b, repeats) for b in batch_sizes},
             "quality": quality(embedder, photos),
         }
-    return {
-        "benchmark": "embedders",
-        "machine": {**machine_info(machine, used_threads), "load_average_at_start": load},
-        "images_per_pass": images,
-        "repeats": repeats,
-        "photos": list(PHOTOS),
-        "models": results,
-    }
-
-
-def _tag(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "machine"
+    report.update(images_per_pass=images, repeats=repeats, photos=list(PHOTOS), models=results)
+    return finish(report)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--machine", default=platform.node(), help="results folder name (default: uname -n)")
+    add_common_args(parser)
     parser.add_argument("--images", type=int, default=32, help="images per timed pass")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting (best is reported)")
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
-    parser.add_argument("--out", default=str(RESULTS), help="results root")
     args = parser.parse_args(argv)
+    setup_logging(args.verbose)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    machine = _tag(args.machine)
-    report = run(machine, args.images, batch_sizes, args.threads, args.repeats)
-    path = Path(args.out) / machine / "embedders.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(path), json.dumps(report, indent=2) + "\n")
+    images, repeats = (4, 1) if args.quick else (args.images, args.repeats)
+    if args.quick:
+        batch_sizes = [1, 4]
+    report = run(args.machine, images, batch_sizes, args.threads, repeats, args.quick, argv)
+    path = write_result(report, args.out, args.machine, "embedders")
     for kind, res in report["models"].items():
         speeds = ", ".join(f"bs{b}: {v['ms_per_image']} ms/img" for b, v in res["model_only_320px"].items())
         print(f"{kind}: {speeds}")

@@ -3,8 +3,9 @@
 Embeddings are L2-normalized float32 rows, so cosine = inner product.
 
 - :func:`similarity_edges`: pairs with cosine >= threshold. Exact ``IndexFlatIP`` range search up to
-  ``exact_max`` vectors; an IVF index above (``nlist ~ ivf_nlist_factor * sqrt(N)``, trained on a seeded
-  sample); on GPU FAISS, which has no range search, a k-NN graph cut at the threshold.
+  ``exact_max`` vectors; above, an IVF partition (spherical k-means, ``nlist ~ ivf_nlist_factor *
+  sqrt(N)`` lists, trained on a seeded sample) searched with ``nprobe`` lists per vector, computed list by
+  list with matrix products; on GPU FAISS, which has no range search, a k-NN graph cut at the threshold.
 - :func:`cluster_components`: groups around representatives, so that chains of pairwise-similar images
   (a ~ b ~ c ~ ... with distant end points) do not collapse into one giant group.
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -44,6 +47,11 @@ log = logging.getLogger(__name__)
 _EPS = 1e-6  # FAISS range search keeps scores strictly above the radius
 _PROGRESS_MIN = 50_000  # show a progress bar from this many queries on
 _GPU_MAX_K = 2048  # GPU FAISS k-selection limit
+# Training vectors per IVF list at least. FAISS's k-means asks for 39, which at 1e6 vectors (4,000 lists)
+# means 156k training vectors and twice the k-means time; 20 per list reached 98% pair recall in
+# benchmarks/bench_faiss.py.
+_MIN_TRAIN_PER_LIST = 20
+_KMEANS_ITER = 10  # IndexIVF's own default
 
 
 def gpu_available() -> bool:
@@ -90,31 +98,170 @@ def _knn_edges(index, x: np.ndarray, k: int, batch: int) -> list[tuple[np.ndarra
     return parts
 
 
-def _ivf_index(x: np.ndarray, cfg: ImagesConfig):
+def _ivf_shape(n: int, cfg: ImagesConfig) -> tuple[int, int]:
+    """``(nlist, training sample size)``: ``nlist ~ ivf_nlist_factor * sqrt(N)``, with at least
+    ``_MIN_TRAIN_PER_LIST`` training vectors per list; the sample is ``ivf_train_size`` or that minimum."""
+    nlist = max(1, min(int(round(cfg.ivf_nlist_factor * math.sqrt(n))), n // _MIN_TRAIN_PER_LIST))
+    return nlist, min(n, max(cfg.ivf_train_size, _MIN_TRAIN_PER_LIST * nlist))
+
+
+def _train_sample(x: np.ndarray, n_train: int, seed: int) -> np.ndarray:
+    if n_train >= len(x):
+        return x
+    rng = np.random.default_rng(seed)
+    return x[np.sort(rng.choice(len(x), n_train, replace=False))]
+
+
+def _ivf_index(x: np.ndarray, cfg: ImagesConfig, timings: dict[str, Any] | None = None):
+    """A FAISS ``IndexIVFFlat`` over ``x`` (used for the GPU k-NN graph above ``exact_max``)."""
     n, d = x.shape
-    # At least ~39 training points per list (FAISS's own k-means warning), at most factor * sqrt(N) lists.
-    nlist = max(1, min(int(round(cfg.ivf_nlist_factor * math.sqrt(n))), n // 39))
-    rng = np.random.default_rng(cfg.seed)
-    n_train = min(n, max(cfg.ivf_train_size, 39 * nlist))
-    train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
+    nlist, n_train = _ivf_shape(n, cfg)
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(train)
+    index.cp.niter = _KMEANS_ITER
+    index.cp.min_points_per_centroid = _MIN_TRAIN_PER_LIST
+    started = time.perf_counter()
+    index.train(_train_sample(x, n_train, cfg.seed))
+    trained = time.perf_counter()
     index.add(x)
+    added = time.perf_counter()
     index.nprobe = min(cfg.nprobe, nlist)
-    log.info("IVF index: %d vectors, nlist=%d, nprobe=%d, trained on %d", n, nlist, index.nprobe, n_train)
+    if timings is not None:
+        timings.update(ivf_train_s=trained - started, ivf_add_s=added - trained, nlist=nlist, n_train=n_train)
+    log.info(
+        "IVF index: %d vectors, nlist=%d, nprobe=%d, trained on %d in %.1f s, added in %.1f s",
+        n,
+        nlist,
+        index.nprobe,
+        n_train,
+        trained - started,
+        added - trained,
+    )
     return index, quantizer
 
 
+def _ivf_join_edges(
+    x: np.ndarray, threshold: float, cfg: ImagesConfig, timings: dict[str, Any]
+) -> list[tuple[np.ndarray, ...]]:
+    """Approximate range self-join with an IVF partition, computed list by list with matrix products.
+
+    The same candidates as an ``IndexIVFFlat`` range search with ``nprobe`` (spherical k-means lists; every
+    vector stored in its nearest list; a query scans its ``nprobe`` nearest lists), but inverted: for each
+    list, one BLAS product of the queries that probe it with its members. FAISS scans each query's lists
+    one vector at a time, bound by memory bandwidth: at 1e6 x 512-d, 2,000 lists and nprobe 8 on two busy
+    cores its range search was estimated at 12 minutes, the list-major products took 3 (measured with
+    ``benchmarks/bench_faiss.py``'s data).
+    """
+    n, d = x.shape
+    nlist, n_train = _ivf_shape(n, cfg)
+    nprobe = min(cfg.nprobe, nlist)
+    started = time.perf_counter()
+    kmeans = faiss.Kmeans(
+        d,
+        nlist,
+        niter=_KMEANS_ITER,
+        spherical=True,
+        seed=cfg.seed + 1234,
+        min_points_per_centroid=_MIN_TRAIN_PER_LIST,
+    )
+    kmeans.train(_train_sample(x, n_train, cfg.seed))
+    trained = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(kmeans.centroids)
+    probes = np.empty((n, nprobe), dtype=np.int64)
+    for start in _batches(n, 65_536, "IVF assignment"):
+        probes[start : start + 65_536] = quantizer.search(x[start : start + 65_536], nprobe)[1]
+    assigned = time.perf_counter()
+    # Members of each list (nearest centroid) and the queries probing it, as CSR over list ids.
+    members = np.argsort(probes[:, 0], kind="stable")
+    member_start = np.searchsorted(probes[members, 0], np.arange(nlist + 1))
+    flat = probes.reshape(-1)
+    probing = np.argsort(flat, kind="stable")
+    probe_start = np.searchsorted(flat[probing], np.arange(nlist + 1))
+    probing //= nprobe  # flat position -> query row
+    del probes, flat
+    parts = []
+    cut = np.float32(threshold - _EPS)
+    for lst in tqdm(range(nlist), desc="IVF join", unit="list", disable=n < _PROGRESS_MIN, leave=False):
+        ids = members[member_start[lst] : member_start[lst + 1]]
+        queries = probing[probe_start[lst] : probe_start[lst + 1]]
+        if not len(ids) or not len(queries):
+            continue
+        block = x[ids].T
+        for q0 in range(0, len(queries), cfg.query_batch):
+            q = queries[q0 : q0 + cfg.query_batch]
+            sims = x[q] @ block
+            r, c = np.nonzero(sims >= cut)
+            if len(r):
+                parts.append((q[r], ids[c], sims[r, c]))
+    joined = time.perf_counter()
+    sizes = np.diff(member_start)
+    timings.update(
+        ivf_train_s=trained - started,
+        ivf_assign_s=assigned - trained,
+        ivf_join_s=joined - assigned,
+        nlist=nlist,
+        nprobe=nprobe,
+        n_train=n_train,
+        largest_list=int(sizes.max()),
+    )
+    log.info(
+        "IVF join: %d vectors, nlist=%d (largest %d), nprobe=%d, trained on %d in %.1f s, assigned in %.1f s,"
+        " joined in %.1f s",
+        n,
+        nlist,
+        sizes.max(),
+        nprobe,
+        n_train,
+        trained - started,
+        assigned - trained,
+        joined - assigned,
+    )
+    return parts or [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
+
+
+def _index_edges(
+    x: np.ndarray, threshold: float, cfg: ImagesConfig, mode: str, use_gpu: bool, times: dict[str, Any]
+) -> list[tuple[np.ndarray, ...]]:
+    """Edges from a FAISS index: exact range search, or the k-NN graph (flat or IVF index, GPU or CPU)."""
+    started = time.perf_counter()
+    keep_alive = None
+    if mode == "exact" or len(x) <= cfg.exact_max:
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+    else:
+        index, keep_alive = _ivf_index(x, cfg, times)
+    times["index_s"] = time.perf_counter() - started
+    if mode == "exact":
+        return _range_edges(index, x, threshold, cfg.query_batch)
+    if use_gpu:
+        res = faiss.StandardGpuResources()
+        nprobe = getattr(index, "nprobe", None)
+        index = faiss.index_cpu_to_gpu(res, 0, index)
+        if nprobe is not None:
+            index.nprobe = nprobe
+        keep_alive = (keep_alive, res)
+    parts = _knn_edges(index, x, cfg.knn_k, cfg.query_batch)
+    del keep_alive
+    return parts
+
+
 def similarity_edges(
-    emb: np.ndarray, threshold: float, cfg: ImagesConfig | None = None, mode: str | None = None
+    emb: np.ndarray,
+    threshold: float,
+    cfg: ImagesConfig | None = None,
+    mode: str | None = None,
+    timings: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs with cosine >= ``threshold``: ``(i, j, sim)`` with ``i < j``, sorted by ``(i, j)``.
 
     ``mode`` forces a search (``"exact"``, ``"ivf"``, ``"knn"``: exact k-NN on CPU, the GPU's graph); by
     default: exact up to ``cfg.exact_max`` vectors, IVF above, and a k-NN graph (``cfg.knn_k`` neighbours,
     flat or IVF index) on GPU FAISS. k-NN and IVF are approximate: a pair is kept when either side finds the
-    other. Rows are re-normalized (a copy), so slightly off-unit input is fine.
+    other. Rows are re-normalized (a copy), so slightly off-unit input is fine. ``timings``, when given,
+    receives the mode used and the seconds of each step: ``search_s`` (the whole search, index included),
+    ``edges_s`` (deduplicating the edge list); for IVF ``ivf_train_s``, ``ivf_assign_s``, ``ivf_join_s``;
+    for a FAISS index ``index_s`` (benchmarks read them).
     """
     cfg = cfg or ImagesConfig()
     x = _as_unit_rows(emb)
@@ -130,24 +277,15 @@ def similarity_edges(
     if mode not in ("exact", "ivf", "knn"):
         raise ValueError(f"mode must be 'exact', 'ivf' or 'knn', got {mode!r}")
 
-    keep_alive = None
-    if mode == "exact" or (mode == "knn" and n <= cfg.exact_max):
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x)
+    times: dict[str, Any] = {} if timings is None else timings
+    times["mode"] = mode
+    started = time.perf_counter()
+    if mode == "ivf":
+        parts = _ivf_join_edges(x, threshold, cfg, times)
     else:
-        index, keep_alive = _ivf_index(x, cfg)
-    if mode == "knn":
-        if use_gpu:
-            res = faiss.StandardGpuResources()
-            nprobe = getattr(index, "nprobe", None)
-            index = faiss.index_cpu_to_gpu(res, 0, index)
-            if nprobe is not None:
-                index.nprobe = nprobe
-            keep_alive = (keep_alive, res)
-        parts = _knn_edges(index, x, cfg.knn_k, cfg.query_batch)
-    else:
-        parts = _range_edges(index, x, threshold, cfg.query_batch)
-    del keep_alive
+        parts = _index_edges(x, threshold, cfg, mode, use_gpu, times)
+    edges_start = time.perf_counter()
+    times["search_s"] = edges_start - started
 
     rows = np.concatenate([p[0] for p in parts])
     cols = np.concatenate([p[1] for p in parts])
@@ -161,6 +299,7 @@ def similarity_edges(
     first = np.ones(len(code), dtype=bool)
     first[1:] = code[1:] != code[:-1]
     code, sims = code[first], sims[first]
+    times["edges_s"] = time.perf_counter() - edges_start
     return code // n, code % n, sims.astype(np.float32)
 
 
@@ -250,12 +389,17 @@ def cluster_components(
 
 
 def cluster_embeddings(
-    keys: Sequence[str], emb: np.ndarray, cfg: ImagesConfig | None = None, mode: str | None = None
+    keys: Sequence[str],
+    emb: np.ndarray,
+    cfg: ImagesConfig | None = None,
+    mode: str | None = None,
+    timings: dict[str, Any] | None = None,
 ) -> list[str]:
     """Image groups for ``keys``: each key's group id (its group's smallest key), independent of order.
 
     Sorts by key, builds the similarity graph (:func:`similarity_edges`), clusters it
-    (:func:`cluster_components`) and names groups with :func:`group_ids`.
+    (:func:`cluster_components`) and names groups with :func:`group_ids`. ``timings`` (optional) receives
+    :func:`similarity_edges`' step times plus ``similarity_s``, ``cluster_s`` and ``edges`` (the count).
     """
     cfg = cfg or ImagesConfig()
     if len(keys) != len(emb):
@@ -264,8 +408,12 @@ def cluster_embeddings(
         raise ValueError("keys must be unique")
     order = sorted(range(len(keys)), key=keys.__getitem__)
     sorted_keys = [keys[k] for k in order]
-    i, j, sim = similarity_edges(np.asarray(emb)[order], cfg.threshold, cfg, mode=mode)
+    times: dict[str, Any] = {} if timings is None else timings
+    started = time.perf_counter()
+    i, j, sim = similarity_edges(np.asarray(emb)[order], cfg.threshold, cfg, mode=mode, timings=times)
+    clustered = time.perf_counter()
     labels = cluster_components(len(keys), i, j, sim, cfg)
+    times.update(similarity_s=clustered - started, cluster_s=time.perf_counter() - clustered, edges=len(i))
     ids = group_ids(sorted_keys, labels)
     out = [""] * len(keys)
     for pos, gid in zip(order, ids, strict=True):

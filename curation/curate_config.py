@@ -59,10 +59,27 @@ class ImagesConfig(StrictModel):
     join_threshold: float = Field(
         0.85, ge=0.0, le=1.0, description="stricter cosine for a leftover singleton to join a group"
     )
-    exact_max: int = Field(200_000, ge=1, description="exact IndexFlatIP up to this many vectors, IVF above")
-    ivf_nlist_factor: float = Field(8.0, gt=0.0, description="IVF nlist = factor * sqrt(N)")
-    ivf_train_size: int = Field(200_000, ge=1000, description="max vectors sampled to train the IVF")
-    nprobe: int = Field(32, ge=1, description="IVF lists probed per query")
+    exact_max: int = Field(
+        50_000,
+        ge=1,
+        description="clustering: exact all-pairs search up to this many vectors, IVF above (at 1e5 the exact "
+        "search took 5x longer than IVF at equal recall, docs/benchmarks.md)",
+    )
+    index_exact_max: int = Field(
+        1_000_000,
+        ge=1,
+        description="training index: exact IndexFlatIP up to this many kept images, IVF above (lookups "
+        "are few queries, so exact stays cheap far longer than the all-pairs clustering)",
+    )
+    # IVF defaults from benchmarks/bench_faiss.py (docs/benchmarks.md): 1e6 SSCD-like 512-d vectors on two
+    # busy CPU cores. nlist = 4 sqrt(N) (4,000 lists), nprobe 8 and 80k training vectors (20 per list)
+    # find 98% of planted pairs in under 3 min (2 sqrt(N) lists: 97.6%, a join 2.5x slower). The former
+    # 8 sqrt(N), nprobe 32 and 312k training vectors needed an estimated 20 min (k-means ~8, search ~12).
+    ivf_nlist_factor: float = Field(4.0, gt=0.0, description="IVF nlist = factor * sqrt(N)")
+    ivf_train_size: int = Field(
+        80_000, ge=1000, description="vectors sampled to train the IVF (at least 20 per list)"
+    )
+    nprobe: int = Field(8, ge=1, description="IVF lists probed per query")
     knn_k: int = Field(64, ge=2, le=2048, description="neighbours per vector for the k-NN graph (GPU)")
     query_batch: int = Field(4096, ge=1, description="queries per FAISS call (bounds memory)")
     use_gpu: Literal["auto"] | bool = Field("auto", description="GPU FAISS: auto-detect, force or forbid")

@@ -136,7 +136,7 @@ def decide_globally(
         minhash,
         minhash_info=cfg.minhash.model_dump(),
         kind="auto",
-        exact_max=cfg.images.exact_max,
+        exact_max=cfg.images.index_exact_max,
     )
     if reference:
         index = TrainingIndex.load(fs.join(reference, "index"), fs=fs).merge(index)

@@ -39,7 +39,10 @@ class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, ImageEmbedder])
         return [PredictionResult(None, np.asarray(v, dtype=np.float32)) for v in vectors]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
+        # Fixed-size batches: left to itself, BatchElements starts at 1 and settles at ~4-17 images (its
+        # overhead target is met early), and SSCD is ~10% slower per image at those sizes than at 64
+        # (benchmarks/bench_curate.py). Only a bundle's last batch is smaller.
+        return {"min_batch_size": self.cfg.batch_size, "max_batch_size": self.cfg.batch_size}
 
     def share_model_across_processes(self) -> bool:
         return False
