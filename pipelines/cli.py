@@ -52,10 +52,11 @@ def add_config_args(parser: argparse.ArgumentParser, job: str) -> None:
 
 
 def _register_all(sub: argparse._SubParsersAction) -> None:
-    from copyguard.pipelines import cmd_curate, cmd_detect, cmd_generate, cmd_sample_data
+    from copyguard.pipelines import cmd_curate, cmd_detect, cmd_generate, cmd_lab_model, cmd_sample_data
 
     registrars: list[Callable[[argparse._SubParsersAction], None]] = [
         cmd_sample_data.register,
+        cmd_lab_model.register,
         cmd_curate.register,
         cmd_detect.register,
         cmd_generate.register,

@@ -10,7 +10,7 @@ import pytest
 
 from copyguard.pipelines.cli import build_parser, main
 
-COMMANDS = {"sample-data", "curate", "eval-dedup", "detect"}
+COMMANDS = {"sample-data", "lab-model", "curate", "eval-dedup", "detect", "generate"}
 
 
 def _subcommands() -> set[str]:

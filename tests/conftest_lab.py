@@ -1,0 +1,39 @@
+"""Session fixtures for the lab model: the tiny sample data and the tiny lab model built on it (once).
+
+Import them into a test module (``from tests.conftest_lab import lab_tiny_data_fixture,
+lab_tiny_model_fixture``; they register as ``lab_tiny_data`` and ``lab_tiny_model``) or into
+``tests/conftest.py`` to share one build across all modules of a session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", name="lab_tiny_data")
+def lab_tiny_data_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``copyguard sample-data --preset tiny`` written to a session folder."""
+    from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+
+    out = tmp_path_factory.mktemp("lab_tiny_data")
+    build_sample_data(SampleDataConfig(preset="tiny"), out)
+    return out
+
+
+@pytest.fixture(scope="session", name="lab_tiny_model")
+def lab_tiny_model_fixture(lab_tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` lab model trained and measured on :func:`lab_tiny_data` (a diffusers folder)."""
+    import torch
+
+    from copyguard.train.lab_config import LabConfig
+    from copyguard.train.lab_run import run_lab_model
+
+    out = tmp_path_factory.mktemp("lab_tiny_model")
+    threads = torch.get_num_threads()
+    try:
+        run_lab_model(LabConfig(preset="tiny"), str(lab_tiny_data / "*.tar"), out)
+    finally:
+        torch.set_num_threads(threads)
+    return out

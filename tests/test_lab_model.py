@@ -1,0 +1,174 @@
+"""The lab model: real CLIP tokenizer ids, config presets, metrics, resume, and the tiny model end to end.
+
+The tiny model (``lab_tiny_model``, built once per session on the tiny sample data) is the one later
+tests can reuse: its folder loads with ``StableDiffusionPipeline.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from copyguard.curation.config import apply_overrides, validate
+from copyguard.curation.errors import UsageError
+from copyguard.mitigation.metrics import (
+    InceptionFeatures,
+    fid_from_features,
+    frechet_distance,
+    max_cosine,
+    max_cosine_to_groups,
+    pixel_nl2,
+    summarize_nl2,
+    summarize_similarity,
+)
+from copyguard.train.lab_components import build_clip_tokenizer
+from copyguard.train.lab_config import PRESET_DEFAULTS, LabConfig
+from copyguard.train.lab_data import load_lab_data
+from copyguard.train.lab_model import train_lab_model
+from tests.conftest_lab import lab_tiny_data_fixture, lab_tiny_model_fixture  # noqa: F401  (fixtures)
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    return build_clip_tokenizer()
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [
+        ("a photo of a cat", [49406, 320, 1125, 539, 320, 2368, 49407]),
+        ("Hello world!", [49406, 3306, 1002, 256, 49407]),
+        ("", [49406, 49407]),
+        # digits split one by one: "4</w>" = 256 + 19, "k</w>" = 256 + 74; "123" -> 1</w> 2</w> 3</w>
+        ("4k 123", [49406, 275, 330, 272, 273, 274, 49407]),
+    ],
+)
+def test_tokenizer_matches_clip_ids(clip_tokenizer, text: str, ids: list[int]) -> None:
+    assert clip_tokenizer(text).input_ids == ids
+
+
+def test_tokenizer_pads_like_sd(clip_tokenizer) -> None:
+    assert len(clip_tokenizer) == 49408
+    assert clip_tokenizer.model_max_length == 77
+    out = clip_tokenizer("a cat", padding="max_length", max_length=77).input_ids
+    assert len(out) == 77 and out[:4] == [49406, 320, 2368, 49407] and set(out[4:]) == {49407}
+
+
+def test_preset_override_merges_over_that_preset() -> None:
+    data = apply_overrides({}, ["lab.presets.small.unet.steps=5", "lab.preset=tiny"], "lab")
+    cfg = validate(LabConfig, data, "lab")
+    assert cfg.presets.small.unet.steps == 5
+    small = PRESET_DEFAULTS["small"]
+    assert cfg.presets.small.unet.block_out_channels == small["unet"]["block_out_channels"]
+    assert cfg.presets.small.vae.steps == small["vae"]["steps"]
+    assert cfg.active() == cfg.presets.tiny == LabConfig().presets.tiny
+
+
+def test_metrics_basics() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(5, 8)).astype(np.float32)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    sims, idx = max_cosine(ref[[3, 1]], ref)
+    assert np.allclose(sims, 1.0, atol=1e-6) and idx.tolist() == [3, 1]
+    own = max_cosine_to_groups(ref[[0]], ref, ["b"], ["a", "b", "b", "c", "c"])
+    assert own[0] == pytest.approx(float(max(ref[1] @ ref[0], ref[2] @ ref[0])), abs=1e-6)
+    train = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    nl2, nearest = pixel_nl2(train[[7]], train)
+    assert nearest[0] == 7 and nl2[0] < 0.1  # an exact copy
+    far, _ = pixel_nl2(rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8), train)
+    assert (far > 1.6).all()  # a random image is about as far from its nearest as from its 50 nearest
+    s = summarize_similarity(np.array([0.1, 0.45, 0.6, 0.9]), (0.5, 0.4))
+    assert s["pct_gt_0.5"] == 50.0 and s["pct_gt_0.4"] == 75.0 and s["top1"] == 0.9
+    assert summarize_nl2(np.array([1.0, 1.5, 2.0]))["pct_lt_1.6"] == pytest.approx(200 / 3)
+
+
+def test_frechet_distance_matches_sqrtm() -> None:
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(40, 6)), rng.normal(0.3, 1.5, size=(50, 6))
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(c1 + c2 - 2 * scipy_linalg.sqrtm(c1 @ c2).real)
+    assert frechet_distance(a.mean(0), c1, b.mean(0), c2) == pytest.approx(ref, rel=1e-6)
+    assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inception_features_are_2048d() -> None:
+    images = np.random.default_rng(2).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    feats = InceptionFeatures()(images)
+    assert feats.shape == (2, 2048) and np.isfinite(feats).all()
+
+
+def _micro(overrides: list[str] | None = None) -> LabConfig:
+    """The tiny preset cut to a few steps: enough to exercise checkpoints and resume in seconds."""
+    base = [
+        "lab.preset=tiny",
+        "lab.threads=1",
+        "lab.presets.tiny.vae.steps=4",
+        "lab.presets.tiny.unet.steps=6",
+        "lab.presets.tiny.unet.warmup_steps=2",
+        "lab.presets.tiny.checkpoint_every=2",
+    ]
+    return validate(LabConfig, apply_overrides({}, base + list(overrides or []), "lab"), "lab")
+
+
+def _unet_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "checkpoints" / "unet.pt", map_location="cpu", weights_only=True)["unet"]
+
+
+def test_resume_continues_like_an_uninterrupted_run(lab_tiny_data: Path, tmp_path: Path) -> None:
+    cfg = _micro()
+    pattern = str(lab_tiny_data / "*.tar")
+    data = load_lab_data(pattern, 32, 0, cfg.seed)
+    straight = train_lab_model(cfg, pattern, tmp_path / "a", data=data)
+    assert straight.complete
+    stopped = train_lab_model(cfg, pattern, tmp_path / "b", data=data, stop_at=("unet", 5))
+    assert not stopped.complete
+    state = torch.load(tmp_path / "b" / "checkpoints" / "unet.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 4  # the last checkpoint before the interruption
+    resumed = train_lab_model(cfg, pattern, tmp_path / "b", data=data, resume=True)
+    assert resumed.complete
+    a, b = _unet_weights(tmp_path / "a"), _unet_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError, match="other settings"):
+        other = _micro(["lab.presets.tiny.unet.lr=0.5"])
+        train_lab_model(other, pattern, tmp_path / "b", data=data, resume=True)
+
+
+def test_tiny_model_loads_and_samples(lab_tiny_model: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    index = json.loads((lab_tiny_model / "model_index.json").read_text())
+    assert index["requires_safety_checker"] is False
+    pipe = StableDiffusionPipeline.from_pretrained(str(lab_tiny_model))
+    assert pipe.safety_checker is None
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    out = pipe(
+        "a photo of a cat",
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assert out.images.shape == (1, size, size, 3) and size == 32
+    assert np.isfinite(out.images).all()
+
+
+def test_tiny_model_memorizes_its_duplicates(lab_tiny_model: Path) -> None:
+    mem = json.loads((lab_tiny_model / "memorization.json").read_text())
+    unique = mem["by_copies"]["unique"]["sscd_own"]["mean"]
+    dup = mem["all_dup"]["sscd_own"]["mean"]
+    top = max(int(k) for k in mem["by_copies"] if k != "unique")
+    most = mem["by_copies"][str(top)]["sscd_own"]["mean"]
+    assert dup > unique + 0.05, (dup, unique)
+    assert most > unique + 0.15, (most, unique)
+    card = (lab_tiny_model / "README.md").read_text()
+    assert "Memorization" in card and "| unique |" in card
+    assert (lab_tiny_model / "memorization.png").is_file()
