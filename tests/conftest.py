@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.conftest_lab import lab_tiny_data_fixture, lab_tiny_model_fixture  # noqa: F401  (session fixtures)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -7,9 +7,23 @@ lab_tiny_model_fixture``; they register as ``lab_tiny_data`` and ``lab_tiny_mode
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Development speed-up only (CI never sets it): a folder where the tiny sample data and lab model are kept
+# between pytest sessions. Delete it after changing the lab-model or sample-data code.
+CACHE_ENV = "COPYGUARD_TEST_CACHE"
+
+
+def _cached(name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """The folder for ``name`` and whether it already holds a finished build."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        return tmp_path_factory.mktemp(name), False
+    out = Path(root) / name
+    return out, (out / ".done").is_file()
 
 
 @pytest.fixture(scope="session", name="lab_tiny_data")
@@ -17,8 +31,10 @@ def lab_tiny_data_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``copyguard sample-data --preset tiny`` written to a session folder."""
     from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
 
-    out = tmp_path_factory.mktemp("lab_tiny_data")
-    build_sample_data(SampleDataConfig(preset="tiny"), out)
+    out, done = _cached("lab_tiny_data", tmp_path_factory)
+    if not done:
+        build_sample_data(SampleDataConfig(preset="tiny"), out)
+        (out / ".done").touch()
     return out
 
 
@@ -30,10 +46,13 @@ def lab_tiny_model_fixture(lab_tiny_data: Path, tmp_path_factory: pytest.TempPat
     from copyguard.train.lab_config import LabConfig
     from copyguard.train.lab_run import run_lab_model
 
-    out = tmp_path_factory.mktemp("lab_tiny_model")
+    out, done = _cached("lab_tiny_model", tmp_path_factory)
+    if done:
+        return out
     threads = torch.get_num_threads()
     try:
         run_lab_model(LabConfig(preset="tiny"), str(lab_tiny_data / "*.tar"), out)
     finally:
         torch.set_num_threads(threads)
+    (out / ".done").touch()
     return out

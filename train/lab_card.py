@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = ["memorization_table", "render_model_card"]
@@ -129,6 +130,7 @@ def render_model_card(
         "",
         memorization_table(mem),
         "",
+        _summary(mem),
         f"- first-step text-conditional magnitude (algorithms.md §2), duplicated (>= 25 copies) vs unique prompts: "
         f"ROC AUC {_f(mag.get('auc'))} ({mag.get('positives', '-')} vs {mag.get('negatives', '-')} prompts)",
         f"- FID against held-out real images: {_f(fid.get('fid'), 1)} ({fid.get('images', 0)} images; "
@@ -138,8 +140,59 @@ def render_model_card(
         "",
         _calibration(mem["calibration"]),
         "",
-        f"Measured in {mem.get('timings', {}).get('total_s', 0):.0f} s. `memorization.png`: per row a training image, "
-        "then its prompt's generations (duplicated prompts first, then unique ones).",
+        f"Measured in {mem.get('timings', {}).get('total_s', 0):.0f} s.",
+        "",
+        f"![share of generations over the threshold, per duplication count]({CHART})",
+        "",
+        "Per row a training image, then its prompt's generations (duplicated prompts first, then unique ones):",
+        "",
+        "![training images and generations](memorization.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+CHART = "memorization_by_copies.png"
+
+
+def _summary(mem: dict[str, Any]) -> str:
+    """One line: the share over the threshold for heavily duplicated pairs against unique prompts."""
+    key = next((k for k in mem if k.startswith("dup_ge")), None)
+    unique = mem["by_copies"].get("unique", {})
+    if key is None or not unique:
+        return ""
+    dup, over = mem[key]["sscd_own"], _over(mem)
+    return (
+        f"- duplicated pairs with >= {key[len('dup_ge') :]} copies: **{_f(dup[over], 1)} %** of "
+        f"generations over {mem['threshold']:g} (mean SSCD {_f(dup['mean'])}, Top5% {_f(dup['top5pct'])}); "
+        f"unique prompts: **{_f(unique['sscd_own'][over], 1)} %**"
+    )
+
+
+def _over(mem: dict[str, Any]) -> str:
+    """The key of the share over the calibrated threshold in a metrics bucket."""
+    return f"pct_gt_{mem['threshold']:g}"
+
+
+def write_memorization_chart(mem: dict[str, Any], path: Path) -> None:
+    """Bar chart of the share of generations over the threshold and the mean SSCD, per duplication count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(mem["by_copies"], key=lambda n: int(n) if n.isdigit() else 1 << 30)
+    share = [mem["by_copies"][n]["sscd_own"][_over(mem)] for n in names]
+    mean = [mem["by_copies"][n]["sscd_own"]["mean"] for n in names]
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    ax.bar(names, share, color="#c0504d")
+    ax.set_xlabel("copies in the training data")
+    ax.set_ylabel(f"% SSCD > {mem['threshold']:g}")
+    ax.set_ylim(0, 100)
+    twin = ax.twinx()
+    twin.plot(names, mean, "ko-", label="mean SSCD")
+    twin.set_ylim(0, 1)
+    twin.set_ylabel("mean SSCD (own image)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -67,7 +67,7 @@ class UnetSpec(StrictModel):
     warmup_steps: int = Field(50, ge=0)
     ema_decay: float = Field(0.995, ge=0, lt=1)
     caption_dropout: float = Field(0.1, ge=0, le=1)
-    offset_noise: float = Field(0.0, ge=0)
+    offset_noise: float = Field(0.1, ge=0)
 
 
 class SchedulerSpec(StrictModel):
@@ -85,13 +85,13 @@ class EvalSpec(StrictModel):
 
     seeds: int = Field(4, ge=1)
     steps: int = Field(25, ge=1)
-    guidance_scale: float = Field(4.0, ge=1)
+    guidance_scale: float = Field(7.5, ge=1)
     unique_prompts: int = Field(50, ge=1)
     threshold: float = Field(0.4, gt=0, lt=1)
     fid_images: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
     calibration_images: int = Field(64, ge=2)
-    nearest_train: bool = True
+    nearest_train: bool = False
 
 
 class PresetConfig(StrictModel):
@@ -117,25 +117,19 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "resolution": 32,
         "heldout": 0,
         "checkpoint_every": 100,
-        "vae": {"block_out_channels": [32, 64], "steps": 400, "batch_size": 8, "lr": 5e-3},
+        "vae": {"block_out_channels": [32, 64], "steps": 300, "batch_size": 8, "lr": 5e-3},
         "text_encoder": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2},
         "unet": {
             "block_out_channels": [32, 64],
-            **_TWO_LEVELS,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
             "attention_head_dim": 2,
-            "steps": 600,
+            "steps": 700,
             "batch_size": 16,
-            "lr": 2e-3,
+            "lr": 3e-3,
             "ema_decay": 0.99,
         },
-        "eval": {
-            "seeds": 2,
-            "steps": 20,
-            "unique_prompts": 16,
-            "fid_images": 0,
-            "calibration_images": 32,
-            "nearest_train": False,
-        },
+        "eval": {"seeds": 4, "steps": 20, "unique_prompts": 16, "fid_images": 0, "calibration_images": 32},
     },
     "small": {
         "resolution": 32,
@@ -147,7 +141,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
             "block_out_channels": [32, 64],
             **_TWO_LEVELS,
             "attention_head_dim": 2,
-            "steps": 3000,
+            "steps": 3400,
             "batch_size": 16,
             "lr": 2e-3,
             "ema_decay": 0.995,
@@ -158,7 +152,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "resolution": 64,
         "heldout": 500,
         "checkpoint_every": 1000,
-        "vae": {"block_out_channels": [64, 128, 256], "steps": 6000, "batch_size": 64, "lr": 5e-4},
+        "vae": {"block_out_channels": [64, 128, 256], "steps": 3000, "batch_size": 64, "lr": 5e-4},
         "text_encoder": {"hidden_size": 256, "intermediate_size": 1024, "num_layers": 4, "num_heads": 4},
         "unet": {
             "block_out_channels": [128, 256, 256],
@@ -166,11 +160,11 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
             "layers_per_block": 2,
             "attention_head_dim": 8,
-            "steps": 20000,
-            "batch_size": 128,
+            "steps": 2500,
+            "batch_size": 64,
             "lr": 3e-4,
-            "warmup_steps": 500,
-            "ema_decay": 0.999,
+            "warmup_steps": 200,
+            "ema_decay": 0.998,
         },
         "eval": {"seeds": 4, "steps": 50, "unique_prompts": 200, "threshold": 0.5, "fid_images": 1000},
     },

@@ -237,7 +237,8 @@ def _train_unet(unet, text_encoder, lat: tuple[torch.Tensor, ...], ids: np.ndarr
     if state is not None:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
-        ema_u.shadow, ema_t.shadow = state["ema_unet"], state["ema_text_encoder"]
+        ema_u.shadow = {k: v.to(device) for k, v in state["ema_unet"].items()}
+        ema_t.shadow = {k: v.to(device) for k, v in state["ema_text_encoder"].items()}
         opt.load_state_dict(state["opt"])
         start, loss_avg = int(state["step"]), float(state["loss"])
         log.info("unet: resumed at step %d/%d", start, spec.steps)

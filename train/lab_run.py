@@ -20,7 +20,7 @@ import torch
 
 from copyguard.curation.errors import UsageError
 from copyguard.curation.fileops import atomic_write
-from copyguard.train.lab_card import render_model_card
+from copyguard.train.lab_card import CHART, render_model_card, write_memorization_chart
 from copyguard.train.lab_config import LabConfig
 from copyguard.train.lab_data import load_lab_data
 from copyguard.train.lab_eval import evaluate_memorization
@@ -112,6 +112,7 @@ def _run(cfg: LabConfig, out: Path, device: torch.device, data_pattern: str | li
         )
         memorization["machine"] = machine_info(device)
         atomic_write(str(out / MEMORIZATION), json.dumps(memorization, indent=1, sort_keys=True) + "\n")
+        write_memorization_chart(memorization, out / CHART)
         log.info("memorization measured in %.0f s", time.perf_counter() - t0)
     card = render_model_card(cfg.preset, training, memorization, data_pattern)
     atomic_write(str(out / "README.md"), card)
