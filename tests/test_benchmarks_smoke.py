@@ -106,3 +106,37 @@ def test_report_renders_every_section(results: Path, tmp_path: Path) -> None:
 def test_faiss_config_override_reaches_the_search() -> None:
     r = bench_faiss.bench_size(2500, ImagesConfig(exact_max=1000, nprobe=4), 0, False)
     assert r["production"]["nprobe"] == 4 and r["production_mode"] == "ivf"
+
+
+def test_results_page_renders_recorded_figures_and_freshness(results: Path, tmp_path: Path) -> None:
+    results_doc = importlib.import_module("benchmarks.results_doc")
+    page = results_doc.write_results_doc(results, tmp_path / "results.md", machine=MACHINE).read_text()
+    for title in (
+        "## Curation",
+        "## The lab model",
+        "## Detection",
+        "## Mitigation",
+        "## Costs",
+        "## Freshness",
+    ):
+        assert title in page
+    assert "FAISS clustering" in page and "Throughput" in page
+    assert f"{MACHINE}/faiss" in page  # every result file is listed with its freshness
+
+
+def test_staleness_follows_the_code_a_result_measures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    staleness = importlib.import_module("benchmarks.staleness")
+    assert staleness.stale_reason("faiss", {}) == "no commit recorded"
+    assert "not in this repository" in staleness.stale_reason("faiss", {"git": {"commit": "f" * 40}})
+    parent = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=ROOT, capture_output=True, text=True)
+    if parent.returncode != 0:
+        pytest.skip("no git history (shallow clone)")
+    changed = subprocess.run(
+        ["git", "diff", "--name-only", parent.stdout.strip()], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    monkeypatch.setitem(staleness.SOURCES, "probe", [changed[0]])
+    assert "code changed since" in staleness.stale_reason("probe", {"git": {"commit": parent.stdout.strip()}})
+    monkeypatch.setitem(staleness.SOURCES, "probe", ["no/such/path/"])
+    assert staleness.stale_reason("probe", {"git": {"commit": parent.stdout.strip()}}) is None

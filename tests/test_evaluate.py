@@ -102,6 +102,15 @@ def test_kind_breakdown_anchor_is_smallest_key_without_original() -> None:
     assert out["x"]["pair_recall"] == 0.5 and out["x"]["false_merge"] == 0.0
 
 
+def test_kind_breakdown_pair_precision_and_f1() -> None:
+    # a, b, c predicted together; a, b, d truly together; c alone in truth.
+    out = kind_breakdown(["a", "b", "c", "d"], [1, 1, 1, 2], ["g", "g", "h", "g"], ["x", "x", "y", "y"])
+    assert out["x"]["pair_precision"] == 0.5 and out["x"]["pair_recall"] == 0.5 and out["x"]["pair_f1"] == 0.5
+    assert out["y"]["pair_precision"] == 0.0 and out["y"]["pair_recall"] == 0.0 and out["y"]["pair_f1"] == 0.0
+    alone = kind_breakdown(["a", "b"], [1, 2], ["g", "h"], ["u", "u"])["u"]
+    assert alone["pair_precision"] == 1.0 and alone["pair_recall"] is None and alone["pair_f1"] is None
+
+
 def test_format_report_table() -> None:
     manifest, truth = _rows()
     text = format_report(evaluate_manifest(manifest, truth))

@@ -1,0 +1,79 @@
+"""A cache of lab models and their sample data, shared by ``make demo`` and ``make bench``.
+
+Training the ``small`` lab model takes 15-20 CPU minutes, so the demo and the benchmarks build it once and
+reuse it. A cached model lives in ``CACHE/lab-<preset>-s<seed>-<key>/`` where ``key`` fingerprints the
+preset's settings and the copyguard version: a change of recipe trains a new model instead of silently
+reusing a stale one. The sample data it was trained on lives next to it in ``CACHE/data-<preset>-s<seed>/``.
+A folder counts as finished only once its ``.done`` marker exists; an interrupted training resumes from its
+checkpoints on the next call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+__all__ = ["DEFAULT_CACHE", "cached_lab_model", "cached_sample_data", "lab_key"]
+
+log = logging.getLogger(__name__)
+DEFAULT_CACHE = Path(os.environ.get("COPYGUARD_CACHE", ".cache/copyguard"))
+DONE = ".done"
+
+
+def _version() -> str:
+    try:
+        return version("copyguard")
+    except PackageNotFoundError:  # pragma: no cover - running from a checkout without install
+        return "0"
+
+
+def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
+    """``copyguard sample-data --preset preset --seed seed`` in the cache (built on first use)."""
+    from copyguard.curation.config import load_config
+    from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+
+    out = Path(cache) / f"data-{preset}-s{seed}"
+    if not (out / DONE).is_file():
+        cfg = load_config(
+            SampleDataConfig,
+            "sample_data",
+            None,
+            [f"sample_data.preset={preset}", f"sample_data.seed={seed}"],
+        )
+        log.info("building sample data %s (seed %d) in %s", preset, seed, out)
+        build_sample_data(cfg, out, overwrite=True)
+        (out / DONE).touch()
+    return out
+
+
+def lab_key(preset: str, seed: int = 0) -> str:
+    """A fingerprint of the lab preset's settings, the seed and the copyguard version."""
+    from copyguard.train.lab_config import LabConfig
+
+    settings = LabConfig(preset=preset, seed=seed).active().model_dump(mode="json")
+    blob = json.dumps({"settings": settings, "seed": seed, "version": _version()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cached_lab_model(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
+    """The lab model of ``preset`` trained on its sample data, from the cache or trained now.
+
+    Returns ``(model_dir, data_dir)``. The sample data preset is the lab preset (``gpu`` uses ``small``).
+    """
+    from copyguard.train.lab_config import LabConfig
+    from copyguard.train.lab_run import run_lab_model
+
+    data = cached_sample_data("small" if preset == "gpu" else preset, seed, cache)
+    model = Path(cache) / f"lab-{preset}-s{seed}-{lab_key(preset, seed)}"
+    if (model / DONE).is_file():
+        log.info("reusing the cached %s lab model %s", preset, model)
+        return model, data
+    log.info("training the %s lab model into %s (cached for later runs)", preset, model)
+    resume = (model / "checkpoints").is_dir()
+    run_lab_model(LabConfig(preset=preset, seed=seed), str(data / "*.tar"), model, resume=resume)
+    (model / DONE).touch()
+    return model, data
