@@ -52,7 +52,15 @@ def add_config_args(parser: argparse.ArgumentParser, job: str) -> None:
 
 
 def _register_all(sub: argparse._SubParsersAction) -> None:
-    from copyguard.pipelines import cmd_curate, cmd_detect, cmd_generate, cmd_lab_model, cmd_sample_data
+    from copyguard.pipelines import (
+        cmd_audit,
+        cmd_curate,
+        cmd_detect,
+        cmd_generate,
+        cmd_lab_model,
+        cmd_sample_data,
+        cmd_train,
+    )
 
     registrars: list[Callable[[argparse._SubParsersAction], None]] = [
         cmd_sample_data.register,
@@ -60,6 +68,8 @@ def _register_all(sub: argparse._SubParsersAction) -> None:
         cmd_curate.register,
         cmd_detect.register,
         cmd_generate.register,
+        cmd_train.register,
+        cmd_audit.register,
     ]
     for register in registrars:
         register(sub)

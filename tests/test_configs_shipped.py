@@ -17,6 +17,8 @@ SCHEMAS = {
     "lab": "copyguard.train.lab_config:LabConfig",
     "detect": "copyguard.mitigation.detect:DetectConfig",
     "generate": "copyguard.mitigation.generate:GenerateConfig",
+    "audit": "copyguard.mitigation.audit_config:AuditConfig",
+    "train": "copyguard.train.finetune_config:TrainConfig",
 }
 
 

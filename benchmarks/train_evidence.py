@@ -1,0 +1,222 @@
+"""Evidence for issue 6: does the §5 filter keep fine-tuning from memorizing freshly planted pairs?
+
+    python -m benchmarks.train_evidence [--machine TAG] [--out DIR] [--work DIR] [--model DIR] [--steps 600]
+                                        [--percentile 95] [--calibrate-steps 50] [--skip-existing]
+
+1. ``copyguard sample-data --seed 1`` with a custom small preset: 500 unique samples, 4 groups each of
+   25 and 50 copies of one image-caption pair (``dup_pair``, 300 samples), a few of every other kind.
+   The base model has never seen these pairs (measured: 0 % of their generations over the threshold).
+2. 150 unique samples held out (``lab_data.load_lab_data``'s seeded choice): the FID reference; the rest
+   written as the training shards. ``copyguard curate`` on those gives the curated shards.
+3. Three ``copyguard train`` runs from ``--model`` (full UNet, lr 1e-3, batch 16, seed 0, ``--steps``):
+   without the filter, with it (threshold: ``--percentile`` of the first ``--calibrate-steps`` steps), and
+   without it on the curated shards.
+4. The lab's measurement (:func:`copyguard.train.lab_eval.evaluate_memorization`: 4 seeds per prompt, DDIM 25
+   steps, CFG 7.5, SSCD to the prompt's own training image, the lab's calibrated 32 px threshold 0.4, FID of
+   150 held-out captions' generations against the held-out images) on the base model and the three runs.
+
+Writes ``benchmarks/results/<machine>/train_evidence.json``. About 40 CPU minutes on a quiet 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import add_common_args, begin, finish, setup_logging, write_result
+
+log = logging.getLogger("benchmarks.train_evidence")
+PRESET = "sample_data.presets.small"
+SAMPLE_SETS = [f"{PRESET}.unique=500", f"{PRESET}.image_groups=4", f"{PRESET}.caption_groups=4",
+               f"{PRESET}.dup_counts=[25, 50]", f"{PRESET}.dup_groups_per_count=4", f"{PRESET}.template_groups=3",
+               f"{PRESET}.broken_per_kind=3", f"{PRESET}.samples_per_shard=150"]  # fmt: skip
+HELDOUT = 150
+GOAL_RELATIVE_CUT = 0.8
+GOAL_FID_CHANGE = 0.05
+
+
+def _copyguard(*args: str) -> None:
+    cmd = [sys.executable, "-m", "copyguard.pipelines", "-q", *args]
+    log.info("%s", " ".join(cmd[2:]))
+    subprocess.run(cmd, check=True)
+
+
+def prepare_data(work: Path) -> dict[str, str]:
+    """Sample data, the held-out split and the curated shards; returns the globs."""
+    from copyguard.curation.records import Sample
+    from copyguard.curation.shards import ShardWriter, iter_samples
+    from copyguard.train.lab_data import load_lab_data
+
+    src, train, curated = work / "data", work / "train", work / "curated"
+    if not (src / "ground_truth.jsonl").is_file():
+        _copyguard("sample-data", "--preset", "small", "--seed", "1", "--out", str(src),
+                   *[a for s in SAMPLE_SETS for a in ("--set", s)])  # fmt: skip
+    if not (train / "ground_truth.jsonl").is_file():
+        held = set(load_lab_data(str(src / "*.tar"), 32, HELDOUT, 0).heldout_keys)
+        with ShardWriter(str(train), "shard", 150, 1 << 30) as writer:
+            for s in iter_samples(sorted(glob.glob(str(src / "*.tar")))):
+                if isinstance(s, Sample) and s.key not in held:
+                    writer.write(s)
+        shutil.copy(src / "ground_truth.jsonl", train / "ground_truth.jsonl")
+    if not (curated / "report.json").is_file():
+        _copyguard("curate", "--input", str(train / "*.tar"), "--output", str(curated), "--overwrite")
+    return {
+        "source": str(src / "*.tar"),
+        "train": str(train / "*.tar"),
+        "curated": str(curated / "shards" / "*.tar"),
+    }
+
+
+def train_run(model: str, data: str, out: Path, steps: int, extra: list[str]) -> dict[str, Any]:
+    sets = ["train.mode=full", f"train.max_steps={steps}", "train.lr=1e-3", "train.checkpoint_every=200",
+            "train.seed=0", *extra]  # fmt: skip
+    if not (out / "training.json").is_file():
+        _copyguard(
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            str(out),
+            *[a for s in sets for a in ("--set", s)],
+        )
+    return json.loads((out / "training.json").read_text())
+
+
+def measure(name: str, model: str | Path, source: str, work: Path) -> dict[str, Any]:
+    """The lab measurement on the seed-1 data (the training keys, the held-out FID reference)."""
+    from copyguard.train.lab_config import EvalSpec
+    from copyguard.train.lab_data import load_lab_data
+    from copyguard.train.lab_eval import evaluate_memorization
+
+    path = work / f"{name}.eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    data = load_lab_data(source, 32, HELDOUT, 0)
+    spec = EvalSpec(
+        seeds=4, steps=25, unique_prompts=20, fid_images=HELDOUT, calibration_images=16, threshold=0.4
+    )
+    res = evaluate_memorization(
+        model, data, spec, device=torch.device("cpu"), seed=0, grid_path=work / f"{name}.png"
+    )
+    res.pop("generations", None)
+    path.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def row(res: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one model: planted pairs' share over the threshold and Top5 %, per copy count, FID."""
+    thr = f"pct_gt_{res['threshold']:g}"
+    out = {
+        "dup_share_over_threshold_pct": res["all_dup"]["sscd_own"][thr],
+        "dup_top5pct": res["all_dup"]["sscd_own"]["top5pct"],
+        "dup_mean": res["all_dup"]["sscd_own"]["mean"],
+        "unique_share_over_threshold_pct": res["by_copies"]["unique"]["sscd_own"][thr],
+        "fid": res["fid"]["fid"],
+    }
+    for c in ("25", "50"):
+        if c in res["by_copies"]:
+            out[f"copies_{c}_share_pct"] = res["by_copies"][c]["sscd_own"][thr]
+    return out
+
+
+def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The goal: the filter cuts the planted pairs' memorized share by >= 80 % for <= 5 % FID change."""
+    plain, filt = rows["no_filter"], rows["filter"]
+    share = plain["dup_share_over_threshold_pct"]
+    cut = (share - filt["dup_share_over_threshold_pct"]) / share if share else None
+    fid_change = (filt["fid"] - plain["fid"]) / plain["fid"]
+    extra = {}
+    if "run_nofilter_s12" in rows and "run_filter_s12" in rows:  # the same models measured with 12 seeds
+        a, b = rows["run_nofilter_s12"], rows["run_filter_s12"]
+        extra = {
+            "memorized_share_no_filter_pct_12_seeds": a["dup_share_over_threshold_pct"],
+            "memorized_share_filter_pct_12_seeds": b["dup_share_over_threshold_pct"],
+            "memorized_share_relative_cut_12_seeds": round(
+                1 - b["dup_share_over_threshold_pct"] / a["dup_share_over_threshold_pct"], 3
+            ),
+        }
+    return {
+        **extra,
+        "memorized_share_no_filter_pct": share,
+        "memorized_share_filter_pct": filt["dup_share_over_threshold_pct"],
+        "memorized_share_curated_pct": rows["curated"]["dup_share_over_threshold_pct"],
+        "memorized_share_relative_cut": None if cut is None else round(cut, 3),
+        "fid_relative_change": round(fid_change, 4),
+        "goal_relative_cut": GOAL_RELATIVE_CUT,
+        "goal_fid_change": GOAL_FID_CHANGE,
+        "passes": cut is not None and cut >= GOAL_RELATIVE_CUT and abs(fid_change) <= GOAL_FID_CHANGE,
+        "passes_12_seeds": (extra["memorized_share_relative_cut_12_seeds"] >= GOAL_RELATIVE_CUT)
+        if extra
+        else None,
+    }
+
+
+def run(machine: str, work: Path, model: str, steps: int, percentile: float, calibrate: int, note: str = "",
+        argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    report = begin("train_evidence", "benchmarks.train_evidence", argv, machine)
+    torch.set_num_threads(1)
+    globs = prepare_data(work)
+    flt = ["train.filter.enabled=true", f"train.filter.percentile={percentile}",
+           f"train.filter.calibrate_steps={calibrate}"]  # fmt: skip
+    runs = {
+        "no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, []),
+        "filter": train_run(model, globs["train"], work / "run_filter", steps, flt),
+        "curated": train_run(model, globs["curated"], work / "run_curated", steps, []),
+    }
+    names = {"base": model, "no_filter": work / "run_nofilter", "filter": work / "run_filter",
+             "curated": work / "run_curated"}  # fmt: skip
+    evals = {
+        k: measure("base" if k == "base" else Path(v).name, v, globs["source"], work)
+        for k, v in names.items()
+    }
+    rows = {k: row(v) for k, v in evals.items()}
+    for extra in sorted(
+        work.glob("*.eval.json")
+    ):  # earlier measurements kept in the folder (e.g. shorter runs)
+        name = extra.name.removesuffix(".eval.json")
+        if name not in {"base", *(Path(v).name for v in names.values())}:
+            rows[name] = row(json.loads(extra.read_text()))
+    for k, r in runs.items():
+        rows[k].update({"steps": r["steps"], "train_s": round(r["total_s"], 1), "step_s_median": r["step_s_median"],
+                        "filter": {x: r["filter"][x] for x in ("threshold", "threshold_source", "samples_seen",
+                                                               "samples_filtered", "unique_keys_filtered")}})  # fmt: skip
+    report.update({"settings": {"model": model, "steps": steps, "percentile": percentile, "calibrate_steps": calibrate,
+                                "heldout": HELDOUT, "sample_data": SAMPLE_SETS, "work": str(work), "note": note},
+                   "models": rows, "summary": summarize(rows)})  # fmt: skip
+    return finish(report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    parser.add_argument("--work", default="/work/cache/train_ev", help="working folder (data, runs, evals)")
+    parser.add_argument("--model", default="/work/models/lab-small")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--percentile", type=float, default=95.0)
+    parser.add_argument("--calibrate-steps", type=int, default=50)
+    parser.add_argument("--note", default="", help="free text recorded with the settings")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    report = run(
+        args.machine, work, args.model, args.steps, args.percentile, args.calibrate_steps, args.note, argv
+    )
+    path = write_result(report, args.out, args.machine, "train_evidence")
+    print(json.dumps(report["summary"]), f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""CLI glue for ``copyguard train``: fine-tune Stable Diffusion (full UNet or LoRA) with the memorization filter."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+EPILOG = """\
+Fine-tunes the UNet of a local diffusers Stable Diffusion folder on WebDataset shards with Accelerate (text
+encoder and VAE frozen); train.mode=lora trains LoRA adapters on the attention projections instead.
+With train.filter.enabled=true, samples whose text-conditional noise magnitude (algorithms.md §5) reaches
+the threshold leave the loss of that step and are logged to RUN_DIR/filtered.jsonl.
+Outputs in RUN_DIR: the diffusers folder (full) or pytorch_lora_weights.safetensors (LoRA: load with
+pipe.load_lora_weights(RUN_DIR)), train_config.yaml, train_log.jsonl, training.json, checkpoints/, logs/.
+Several GPUs or nodes: accelerate launch -m copyguard.train (same arguments).
+Exit codes: 0 done, 1 stopped on a non-finite loss (the last good checkpoint is kept), 2 usage/config error.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from copyguard.train.finetune_config import add_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune Stable Diffusion (full or LoRA) with the memorization filter",
+        description="Fine-tune a Stable Diffusion model with Accelerate, filtering high-magnitude "
+        "(likely memorized) samples out of the loss.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from copyguard.train.__main__ import run_from_args
+
+    return run_from_args(args)

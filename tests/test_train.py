@@ -1,0 +1,315 @@
+"""``copyguard train``: the §5 filter on constructed tensors, the data stream, and the trainer on the tiny lab
+model (loss goes down, LoRA round trip through ``load_lora_weights``, kill and resume, NaN stop, config errors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from copyguard.pipelines.cli import main as cli_main
+from copyguard.train.finetune_config import DataSpec, FilterSpec, TrainConfig
+from copyguard.train.finetune_data import make_loader, shard_paths
+from copyguard.train.mem_filter import MagnitudeFilter, filter_mask, filtered_prediction, masked_loss
+
+pytest.importorskip("diffusers")
+
+ROOT = Path(__file__).resolve().parent.parent
+# Kill-and-resume tolerance: every random draw is seeded by (seed, step, micro-batch, rank) and the data
+# stream by (seed, epoch), so the resumed run repeats the same float operations; on one CPU thread the
+# weights come out bit-identical. The bound leaves room for other BLAS builds.
+RESUME_ATOL = 1e-6
+
+
+# --- the filter (pure functions on tensors) ------------------------------------------------------------
+
+
+def test_filter_drops_exactly_the_samples_at_or_above_the_threshold(tmp_path: Path) -> None:
+    mags = torch.tensor([0.5, 2.0, 1.999, 3.0, 0.0])
+    keep = filter_mask(mags, 2.0)
+    assert keep.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+    per = torch.tensor([1.0, 10.0, 2.0, 20.0, 3.0], requires_grad=True)
+    loss = masked_loss(per, keep)
+    assert loss.item() == pytest.approx((1 + 2 + 3) / 3)
+    loss.backward()
+    assert per.grad.tolist() == pytest.approx([1 / 3, 0, 1 / 3, 0, 1 / 3])
+    none = masked_loss(per, torch.zeros(5))  # every sample dropped: zero loss, graph kept (mask, not index)
+    assert none.item() == 0.0 and none.requires_grad
+    flt = MagnitudeFilter(FilterSpec(enabled=True, threshold=2.0))
+    flt.open_log(tmp_path / "filtered.jsonl", 0)
+    rows = flt.record(7, list("abcde"), [10, 20, 30, 40, 50], mags.tolist(), keep.tolist())
+    assert [r["key"] for r in rows] == ["b", "d"]
+    lines = [json.loads(x) for x in (tmp_path / "filtered.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"key": "b", "step": 7, "timestep": 20, "magnitude": 2.0},
+        {"key": "d", "step": 7, "timestep": 40, "magnitude": 3.0},
+    ]
+    s = flt.summary()
+    assert (s["samples_seen"], s["samples_filtered"], s["unique_keys_filtered"]) == (5, 2, 2)
+
+
+def test_filter_calibrates_a_percentile_then_filters() -> None:
+    flt = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2))
+    for step in range(2):
+        m = torch.arange(4, dtype=torch.float32) + 4 * step
+        keep = flt.keep(m)
+        assert keep.tolist() == [1.0] * 4  # nothing filtered while calibrating
+        flt.record(step, [f"k{step}{i}" for i in range(4)], [0] * 4, m.tolist(), keep.tolist())
+        flt.end_step(step)
+    assert flt.threshold == pytest.approx(3.5) and flt.calibrated_at == 2
+    assert flt.keep(torch.tensor([3.4, 3.5, 9.0])).tolist() == [1.0, 0.0, 0.0]
+    clone = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2))
+    clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
+    assert clone.threshold == flt.threshold and clone.summary() == flt.summary()
+
+
+class _ToyUnet(torch.nn.Module):
+    """eps = conv(x) + mean of the text embedding (so cond and uncond differ); counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.calls += 1
+        out = self.conv(x) + encoder_hidden_states.mean(dim=(1, 2))[:, None, None, None]
+
+        class _Out:
+            sample = out
+
+        return _Out()
+
+
+def test_filtered_prediction_is_one_batched_call_equal_to_the_sequential_pair() -> None:
+    torch.manual_seed(0)
+    unet = _ToyUnet()
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([1, 2, 3])
+    cond, uncond = torch.randn(3, 77, 16), torch.randn(1, 77, 16, requires_grad=True)
+    pred_b, mag_b = filtered_prediction(unet, x, t, cond, uncond, batched=True)
+    assert unet.calls == 1 and not mag_b.requires_grad and pred_b.requires_grad
+    pred_s, mag_s = filtered_prediction(unet, x, t, cond, uncond, batched=False)
+    assert unet.calls == 3
+    torch.testing.assert_close(pred_b, pred_s)
+    torch.testing.assert_close(mag_b, mag_s)
+    expected = (unet(x, t, cond).sample - unet(x, t, uncond.expand(3, -1, -1)).sample).flatten(1).norm(dim=1)
+    torch.testing.assert_close(mag_b, expected)
+    pred_b.sum().backward()
+    assert uncond.grad is None  # the unconditional half never carries gradient to its embedding
+
+
+# --- the data stream ---------------------------------------------------------------------------------
+
+
+def test_stream_is_seeded_skips_and_counts_broken_samples(lab_tiny_data: Path) -> None:
+    paths = shard_paths(str(lab_tiny_data / "*.tar"))
+    spec = DataSpec(center_crop=False, random_flip=True, caption_dropout=0.5, shuffle_buffer=64)
+
+    def take(seed: int, n: int = 25):
+        return list(islice(iter(make_loader(paths, spec, 24, 16, seed)), n))
+
+    a, b, c = take(0), take(0), take(1)
+    assert a[0].pixels.shape == (16, 3, 24, 24) and a[0].pixels.min() >= -1 and a[0].pixels.max() <= 1
+    assert all(x.keys == y.keys and torch.equal(x.pixels, y.pixels) for x, y in zip(a, b, strict=True))
+    assert a[0].keys != c[0].keys
+    skipped: dict[str, int] = {}
+    for batch in a:
+        for k, v in batch.skipped.items():
+            skipped[k] = skipped.get(k, 0) + v
+    assert {"corrupt_image", "missing_caption", "non_utf8_caption"} <= set(skipped)
+    captions = [cap for batch in a for cap in batch.captions]
+    assert 0.3 < sum(cap == "" for cap in captions) / len(captions) < 0.7
+
+
+# --- the trainer on the tiny lab model ---------------------------------------------------------------
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"max_steps": 10, "batch_size": 8, "threads": 1, "checkpoint_every": 1000, "log_every": 5}
+    return TrainConfig.model_validate({**base, **kw})
+
+
+@torch.no_grad()
+def _fixed_loss(unet, model_dir: Path, shard: str, size: int) -> float:
+    """Epsilon MSE on fixed samples, noise and timesteps (the same draws for every UNet compared)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae")
+    te = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
+    tok = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
+    sched = DDPMScheduler.from_pretrained(model_dir / "scheduler")
+    batch = next(iter(make_loader([shard], DataSpec(shuffle_buffer=0, caption_dropout=0), size, 48, 0)))
+    g = torch.Generator().manual_seed(123)
+    z = vae.encode(batch.pixels).latent_dist.mean * vae.config.scaling_factor
+    ids = tok(
+        batch.captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    emb = te(ids)[0]
+    total = 0.0
+    for _ in range(4):
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, 1000, (len(z),), generator=g)
+        pred = unet(sched.add_noise(z, noise, t), t, emb).sample
+        total += torch.nn.functional.mse_loss(pred, noise).item() / 4
+    return total
+
+
+def test_full_finetune_lowers_the_loss(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+                                       torch_single_thread) -> None:  # fmt: skip
+    from diffusers import UNet2DConditionModel
+
+    from copyguard.train.finetune import run_training
+
+    # New data for the model: its training images at 48 px instead of the 32 px it was trained at.
+    shard = str(lab_tiny_data / "shard-000000.tar")
+    cfg = _cfg(
+        mode="full", max_steps=40, batch_size=16, lr=1e-3, ema=True, ema_decay=0.9, data={"resolution": 48}
+    )
+    summary = run_training(cfg, lab_tiny_model, shard, tmp_path / "run")
+    assert summary["status"] == "complete" and summary["steps"] == 40
+    before = _fixed_loss(
+        UNet2DConditionModel.from_pretrained(lab_tiny_model / "unet"), lab_tiny_model, shard, 48
+    )
+    after = _fixed_loss(
+        UNet2DConditionModel.from_pretrained(tmp_path / "run" / "unet"), lab_tiny_model, shard, 48
+    )
+    assert after < 0.9 * before, (before, after)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert yaml_section(tmp_path / "run" / "train_config.yaml")["mode"] == "full"
+    assert (tmp_path / "run" / "model_index.json").is_file()
+    assert any((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+
+
+def yaml_section(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["train"]
+
+
+def test_lora_round_trip_through_load_lora_weights(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+                                                   torch_single_thread) -> None:  # fmt: skip
+    from diffusers import StableDiffusionPipeline
+
+    from copyguard.train.finetune import run_training
+
+    out = tmp_path / "lora"
+    cfg = _cfg(lr=5e-2, max_steps=8, validation={"prompts": ["a red bus"], "every": 8, "steps": 2})
+    run_training(cfg, lab_tiny_model, str(lab_tiny_data / "*.tar"), out)
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "validation" / "step-000008" / "00.png").is_file()
+
+    def generate(pipe) -> np.ndarray:
+        pipe.set_progress_bar_config(disable=True)
+        gen = torch.Generator().manual_seed(0)
+        return pipe("a red bus", num_inference_steps=4, generator=gen, output_type="np").images[0]
+
+    pipe = StableDiffusionPipeline.from_pretrained(lab_tiny_model)
+    base = generate(pipe)
+    pipe.load_lora_weights(out)
+    tuned = generate(pipe)
+    assert np.abs(tuned - base).mean() > 1e-3
+    pipe.unload_lora_weights()
+    np.testing.assert_allclose(generate(pipe), base, atol=1e-5)
+
+
+def _cli(model: Path, data: str, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(model), "--data", data, "--out", str(out), *extra]
+
+
+def _lora_tensors(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "pytorch_lora_weights.safetensors"))
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+                                                      torch_single_thread) -> None:  # fmt: skip
+    data = str(lab_tiny_data / "*.tar")
+    sets = ["train.max_steps=36", "train.batch_size=8", "train.threads=1", "train.checkpoint_every=12",
+            "train.lr=1e-2", "train.filter.enabled=true", "train.filter.calibrate_steps=16",
+            "train.filter.percentile=90"]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "copyguard.pipelines", "-q", *_cli(lab_tiny_model, data, killed, *args)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "step-000012" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while not marker.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "pytorch_lora_weights.safetensors").exists()
+    assert cli_main(["-q", *_cli(lab_tiny_model, data, killed, *args, "--resume", "latest")]) == 0
+    straight = tmp_path / "straight"
+    assert cli_main(["-q", *_cli(lab_tiny_model, data, straight, *args)]) == 0
+    a, b = _lora_tensors(killed), _lora_tensors(straight)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=RESUME_ATOL, rtol=0)
+    fa, fb = ((r / "filtered.jsonl").read_text() for r in (killed, straight))
+    assert fa == fb and fa  # the filter log is replayed exactly, no duplicate rows from the killed part
+    sa, sb = (json.loads((r / "training.json").read_text())["filter"] for r in (killed, straight))
+    assert sa["threshold"] == sb["threshold"] and sa["samples_filtered"] == sb["samples_filtered"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lab_tiny_model: Path, lab_tiny_data: Path,
+                                                           tmp_path: Path, torch_single_thread, capsys) -> None:  # fmt: skip
+    out = tmp_path / "nan"
+    sets = ["train.max_steps=20", "train.checkpoint_every=4", "train.threads=1", "train.debug_nan_at_step=6"]
+    code = cli_main(["-q", *_cli(lab_tiny_model, str(lab_tiny_data / "*.tar"), out,
+                                 *[a for s in sets for a in ("--set", s)])])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert "non-finite loss (nan) at step 6" in err[-1] and "step-000004" in err[-1]
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["status"].startswith("stopped") and summary["steps"] == 5  # steps 1-5 done, 6 poisoned
+    assert summary["last_checkpoint"].endswith("step-000004")
+    assert (out / "checkpoints" / "step-000004" / "model.safetensors").is_file()
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "checkpoints" / "step-000004" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--set", "train.nope=1"], "unknown key 'train.nope'"),
+        (["--set", "train.mode=half"], "train.mode"),
+        (["--set", "train.filter.percentile=100"], "train.filter.percentile"),
+        (["--resume", "/nonexistent/ckpt"], "not a checkpoint folder"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+                                            capsys, extra: list[str], needle: str) -> None:  # fmt: skip
+    code = cli_main(_cli(lab_tiny_model, str(lab_tiny_data / "*.tar"), tmp_path / "r", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_missing_model_and_data_exit_2(lab_tiny_data: Path, tmp_path: Path, capsys) -> None:
+    assert cli_main(_cli(tmp_path / "none", str(lab_tiny_data / "*.tar"), tmp_path / "r")) == 2
+    assert "no model_index.json" in capsys.readouterr().err
+    proc = subprocess.run(
+        [sys.executable, "-m", "copyguard.train", "--model", str(tmp_path), "--data", "x", "--out", str(tmp_path),
+         "--set", "train.batch_size=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("copyguard")]
+    assert len(lines) == 1 and "train.batch_size" in lines[0]

@@ -1,0 +1,182 @@
+"""The fine-tuning data: an endless, seeded WebDataset stream of ``(key, image, caption)`` batches.
+
+Per epoch ``e`` the shard list is shuffled with ``(seed, e)``, split per rank (webdataset's
+``split_by_node``) and per DataLoader worker (``split_by_worker``), read with ``tarfile_to_samples`` and
+passed through a shuffle buffer seeded with ``(seed, e, rank, worker)``. Every per-sample random choice
+(crop offset, flip, caption dropout) comes from ``(seed, epoch, key)``, so a run repeats exactly whatever the
+worker interleaving. A sample without a decodable image or a UTF-8 caption is skipped and counted (the
+count rides along in each batch), never fatal. A resumed run skips the batches it already consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from copyguard.curation.errors import UsageError
+from copyguard.curation.fileops import expand_paths
+from copyguard.curation.images import ImageDecodeError, decode_image
+from copyguard.train.finetune_config import DataSpec
+
+__all__ = ["Batch", "ShardStream", "make_loader", "prepare_image", "shard_paths"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+CAPTION_KEYS = ("txt", "caption")
+
+
+@dataclass
+class Batch:
+    """``pixels`` [B, 3, R, R] in [-1, 1], captions (already dropped to '' where chosen), keys."""
+
+    keys: list[str]
+    captions: list[str]
+    pixels: torch.Tensor
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def shard_paths(pattern: str | list[str]) -> list[str]:
+    """The shard files matching ``pattern`` (a glob, a comma list or a list); none is a usage error."""
+    patterns = pattern.split(",") if isinstance(pattern, str) else pattern
+    paths = expand_paths([p.strip() for p in patterns if p.strip()])
+    if not paths:
+        raise UsageError(f"no shards match {pattern!r}")
+    return paths
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(":".join(str(p) for p in parts))
+
+
+def prepare_image(
+    img: Image.Image, size: int, center_crop: bool, flip: bool, rng: random.Random
+) -> np.ndarray:
+    """RGB, shorter side resized to ``size`` (bicubic), cropped to ``size`` x ``size``, optionally flipped."""
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    if center_crop:
+        left, top = (nw - size) // 2, (nh - size) // 2
+    else:
+        left, top = rng.randint(0, nw - size), rng.randint(0, nh - size)
+    img = img.crop((left, top, left + size, top + size))
+    if flip and rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Endless batches over the shards (see the module docstring); iterate it inside a DataLoader."""
+
+    def __init__(self, paths: list[str], spec: DataSpec, size: int, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.paths, self.spec, self.size = list(paths), spec, size
+        self.batch_size, self.seed = batch_size, seed
+
+    def _decode(self, sample: dict[str, Any], epoch: int, skipped: dict[str, int]) -> tuple | None:
+        key = str(sample.get("__key__", "")).rsplit("/", 1)[-1]
+        image = next((sample[k] for k in IMAGE_KEYS if sample.get(k)), None)
+        cap = next((sample[k] for k in CAPTION_KEYS if k in sample), None)
+        reason = None
+        if image is None:
+            reason = "missing_image"
+        elif cap is None:
+            reason = "missing_caption"
+        else:
+            try:
+                caption = cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)
+            except UnicodeDecodeError:
+                reason = "non_utf8_caption"
+        if reason is None:
+            try:
+                img = decode_image(image, self.spec.max_pixels)
+            except ImageDecodeError as exc:
+                reason = str(exc.reason)
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            return None
+        rng = _rng(self.seed, epoch, key)
+        arr = prepare_image(img, self.size, self.spec.center_crop, self.spec.random_flip, rng)
+        if rng.random() < self.spec.caption_dropout:
+            caption = ""
+        return key, caption.strip(), arr
+
+    def _epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        urls = list(self.paths)
+        _rng(self.seed, "shards", epoch).shuffle(urls)
+        src = wds.split_by_worker(wds.split_by_node(iter([{"url": u} for u in urls])))
+        samples = wds.tarfile_to_samples(handler=self._corrupt_shard)(src)
+        if self.spec.shuffle_buffer > 1:
+            rank, _, worker, _ = wds.utils.pytorch_worker_info()
+            rng = _rng(self.seed, "buffer", epoch, rank, worker)
+            samples = wds.shuffle(self.spec.shuffle_buffer, min(100, self.spec.shuffle_buffer), rng=rng)(
+                samples
+            )
+        return samples
+
+    def _corrupt_shard(self, exc: Exception) -> bool:
+        log.warning("skipping unreadable shard data: %s", exc)
+        self._skipped["unreadable_tar"] = self._skipped.get("unreadable_tar", 0) + 1
+        return True
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._skipped: dict[str, int] = {}
+        epoch, buf = 0, []
+        while True:
+            n_valid = 0
+            for sample in self._epoch(epoch):
+                item = self._decode(sample, epoch, self._skipped)
+                if item is None:
+                    continue
+                n_valid += 1
+                buf.append(item)
+                if len(buf) == self.batch_size:
+                    yield self._collate(buf)
+                    buf = []
+            if n_valid == 0:  # this worker's shards hold nothing usable: end its stream
+                if buf:
+                    yield self._collate(buf)
+                return
+            epoch += 1
+
+    def _collate(self, items: list[tuple]) -> Batch:
+        pixels = torch.from_numpy(np.stack([a for _, _, a in items])).permute(0, 3, 1, 2).float()
+        skipped, self._skipped = self._skipped, {}
+        return Batch([k for k, _, _ in items], [c for _, c, _ in items], pixels.div(127.5).sub(1.0), skipped)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def make_loader(paths: list[str], spec: DataSpec, size: int, batch_size: int, seed: int,
+                world_size: int = 1) -> torch.utils.data.DataLoader:  # fmt: skip
+    """A DataLoader over :class:`ShardStream` (batching happens in the stream; ``batch_size=None``)."""
+    if len(paths) < world_size:
+        raise UsageError(
+            f"{len(paths)} shard(s) for {world_size} processes: each rank needs at least one shard"
+        )
+    if spec.workers and len(paths) < world_size * spec.workers:
+        log.warning(
+            "%d shards for %d workers x %d ranks: some workers idle", len(paths), spec.workers, world_size
+        )
+    stream = ShardStream(paths, spec, size, batch_size, seed)
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=spec.workers,
+        collate_fn=_identity,
+        persistent_workers=bool(spec.workers),
+    )
