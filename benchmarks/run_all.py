@@ -38,6 +38,7 @@ SCRIPTS = {
     "curate": "bench_curate",
     "dedup": "bench_dedup",
     "lab_model": "bench_lab",
+    "mitigation": "bench_mitigation",
 }
 BENCHMARKS = tuple(SCRIPTS)
 ROOT = Path(__file__).resolve().parent.parent

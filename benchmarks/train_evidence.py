@@ -1,7 +1,8 @@
 """Evidence for issue 6: does the §5 filter keep fine-tuning from memorizing freshly planted pairs?
 
     python -m benchmarks.train_evidence [--machine TAG] [--out DIR] [--work DIR] [--model DIR] [--steps 600]
-                                        [--percentile 95] [--calibrate-steps 50] [--skip-existing]
+                                        [--percentile 95] [--calibrate-steps 50] [--timestep-buckets 1]
+                                        [--skip-existing]
 
 1. ``copyguard sample-data --seed 1`` with a custom small preset: 500 unique samples, 4 groups each of
    25 and 50 copies of one image-caption pair (``dup_pair``, 300 samples), a few of every other kind.
@@ -9,7 +10,8 @@
 2. 150 unique samples held out (``lab_data.load_lab_data``'s seeded choice): the FID reference; the rest
    written as the training shards. ``copyguard curate`` on those gives the curated shards.
 3. Three ``copyguard train`` runs from ``--model`` (full UNet, lr 1e-3, batch 16, seed 0, ``--steps``):
-   without the filter, with it (threshold: ``--percentile`` of the first ``--calibrate-steps`` steps), and
+   without the filter, with it (threshold: ``--percentile`` of the first ``--calibrate-steps`` steps; one per
+   timestep bucket with ``--timestep-buckets N > 1``, run folder ``run_filter_tb<N>_p<percentile>``), and
    without it on the curated shards.
 4. The lab's measurement (:func:`copyguard.train.lab_eval.evaluate_memorization`: 4 seeds per prompt, DDIM 25
    steps, CFG 7.5, SSCD to the prompt's own training image, the lab's calibrated 32 px threshold 0.4, FID of
@@ -130,15 +132,18 @@ def row(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The goal: the filter cuts the planted pairs' memorized share by >= 80 % for <= 5 % FID change."""
+def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") -> dict[str, Any]:
+    """The goal: the filter cuts the planted pairs' memorized share by >= 80 % for <= 5 % FID change.
+
+    ``filter_name``: the filter run's folder name; ``<name>_s12`` rows (the same models measured with 12
+    seeds per prompt, kept in the work folder) add the 12-seed figures."""
     plain, filt = rows["no_filter"], rows["filter"]
     share = plain["dup_share_over_threshold_pct"]
     cut = (share - filt["dup_share_over_threshold_pct"]) / share if share else None
     fid_change = (filt["fid"] - plain["fid"]) / plain["fid"]
     extra = {}
-    if "run_nofilter_s12" in rows and "run_filter_s12" in rows:  # the same models measured with 12 seeds
-        a, b = rows["run_nofilter_s12"], rows["run_filter_s12"]
+    if "run_nofilter_s12" in rows and f"{filter_name}_s12" in rows:  # the same models, 12 seeds
+        a, b = rows["run_nofilter_s12"], rows[f"{filter_name}_s12"]
         extra = {
             "memorized_share_no_filter_pct_12_seeds": a["dup_share_over_threshold_pct"],
             "memorized_share_filter_pct_12_seeds": b["dup_share_over_threshold_pct"],
@@ -163,18 +168,19 @@ def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(machine: str, work: Path, model: str, steps: int, percentile: float, calibrate: int, note: str = "",
-        argv: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        argv: list[str] | None = None, buckets: int = 1) -> dict[str, Any]:  # fmt: skip
     report = begin("train_evidence", "benchmarks.train_evidence", argv, machine)
     torch.set_num_threads(1)
     globs = prepare_data(work)
     flt = ["train.filter.enabled=true", f"train.filter.percentile={percentile}",
-           f"train.filter.calibrate_steps={calibrate}"]  # fmt: skip
+           f"train.filter.calibrate_steps={calibrate}", f"train.filter.timestep_buckets={buckets}"]  # fmt: skip
+    filter_dir = work / ("run_filter" if buckets == 1 else f"run_filter_tb{buckets}_p{percentile:g}")
     runs = {
         "no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, []),
-        "filter": train_run(model, globs["train"], work / "run_filter", steps, flt),
+        "filter": train_run(model, globs["train"], filter_dir, steps, flt),
         "curated": train_run(model, globs["curated"], work / "run_curated", steps, []),
     }
-    names = {"base": model, "no_filter": work / "run_nofilter", "filter": work / "run_filter",
+    names = {"base": model, "no_filter": work / "run_nofilter", "filter": filter_dir,
              "curated": work / "run_curated"}  # fmt: skip
     evals = {
         k: measure("base" if k == "base" else Path(v).name, v, globs["source"], work)
@@ -189,29 +195,47 @@ def run(machine: str, work: Path, model: str, steps: int, percentile: float, cal
             rows[name] = row(json.loads(extra.read_text()))
     for k, r in runs.items():
         rows[k].update({"steps": r["steps"], "train_s": round(r["total_s"], 1), "step_s_median": r["step_s_median"],
-                        "filter": {x: r["filter"][x] for x in ("threshold", "threshold_source", "samples_seen",
-                                                               "samples_filtered", "unique_keys_filtered")}})  # fmt: skip
+                        "filter": {x: r["filter"].get(x) for x in ("threshold", "bucket_thresholds", "threshold_source",
+                                   "samples_seen", "samples_filtered", "unique_keys_filtered")}})  # fmt: skip
     report.update({"settings": {"model": model, "steps": steps, "percentile": percentile, "calibrate_steps": calibrate,
+                                "timestep_buckets": buckets,
                                 "heldout": HELDOUT, "sample_data": SAMPLE_SETS, "work": str(work), "note": note},
-                   "models": rows, "summary": summarize(rows)})  # fmt: skip
+                   "models": rows, "summary": summarize(rows, filter_dir.name)})  # fmt: skip
     return finish(report)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--work", default="/work/cache/train_ev", help="working folder (data, runs, evals)")
-    parser.add_argument("--model", default="/work/models/lab-small")
+    parser.add_argument(
+        "--work", default=".cache/copyguard/train_evidence", help="working folder (data, runs, evals)"
+    )
+    parser.add_argument("--model", default=None, help="base model (default: the cached small lab model)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--percentile", type=float, default=95.0)
     parser.add_argument("--calibrate-steps", type=int, default=50)
+    parser.add_argument("--timestep-buckets", type=int, default=1,
+                        help="train.filter.timestep_buckets of the filter run (1: one threshold)")  # fmt: skip
     parser.add_argument("--note", default="", help="free text recorded with the settings")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        from copyguard.pipelines.lab_cache import cached_lab_model
+
+        model = str(cached_lab_model("small")[0])
     report = run(
-        args.machine, work, args.model, args.steps, args.percentile, args.calibrate_steps, args.note, argv
+        args.machine,
+        work,
+        model,
+        args.steps,
+        args.percentile,
+        args.calibrate_steps,
+        args.note,
+        argv,
+        args.timestep_buckets,
     )
     path = write_result(report, args.out, args.machine, "train_evidence")
     print(json.dumps(report["summary"]), f"wrote {path}")

@@ -1,19 +1,39 @@
-"""``make demo`` runs end to end (on the tiny preset here, to stay fast)."""
+"""``make demo`` runs end to end (on the tiny preset here, with the session's tiny lab model as the cache)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from copyguard.pipelines.demo import main
+from copyguard.pipelines.lab_cache import lab_key
 
 
-def test_demo_runs_all_stages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["--out", str(tmp_path), "--preset", "tiny"]) == 0
-    out = capsys.readouterr().out
-    assert "=== summary" in out and "invariant holds: True" in out
-    scores = json.loads((tmp_path / "curated" / "eval.json").read_text())
+@pytest.mark.slow
+def test_demo_runs_all_stages(
+    lab_tiny_data: Path,
+    lab_tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    torch_single_thread,
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(lab_tiny_data, cache / "data-tiny-s0")
+    shutil.copytree(lab_tiny_model, cache / f"lab-tiny-s0-{lab_key('tiny')}")
+    for folder in cache.iterdir():
+        (folder / ".done").touch()
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--preset", "tiny", "--cache", str(cache)]) == 0
+    text = capsys.readouterr().out
+    assert "=== summary" in text and "fine-tuning filter:" in text
+    assert "lab model (memorizing)" in text and "fine-tuned with the filter" in text
+    scores = json.loads((out / "curated" / "eval.json").read_text())
     assert scores["images"]["f1"] >= 0.95 and scores["captions"]["f1"] >= 0.95
-    assert (tmp_path / "curated" / "report.html").is_file()
+    for audit in ("audit_lab", "audit_finetuned"):
+        report = json.loads((out / audit / "report.json").read_text())
+        assert {"none", "amg"} <= set(report["metrics"]["settings"])
+        assert (out / audit / "report.html").is_file()
+    assert (out / "finetuned" / "model_index.json").is_file()

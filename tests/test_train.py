@@ -51,15 +51,15 @@ def test_filter_drops_exactly_the_samples_at_or_above_the_threshold(tmp_path: Pa
     assert [r["key"] for r in rows] == ["b", "d"]
     lines = [json.loads(x) for x in (tmp_path / "filtered.jsonl").read_text().splitlines()]
     assert lines == [
-        {"key": "b", "step": 7, "timestep": 20, "magnitude": 2.0},
-        {"key": "d", "step": 7, "timestep": 40, "magnitude": 3.0},
+        {"key": "b", "step": 7, "timestep": 20, "magnitude": 2.0, "threshold": 2.0},
+        {"key": "d", "step": 7, "timestep": 40, "magnitude": 3.0, "threshold": 2.0},
     ]
     s = flt.summary()
     assert (s["samples_seen"], s["samples_filtered"], s["unique_keys_filtered"]) == (5, 2, 2)
 
 
 def test_filter_calibrates_a_percentile_then_filters() -> None:
-    flt = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2))
+    flt = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
     for step in range(2):
         m = torch.arange(4, dtype=torch.float32) + 4 * step
         keep = flt.keep(m)
@@ -68,9 +68,80 @@ def test_filter_calibrates_a_percentile_then_filters() -> None:
         flt.end_step(step)
     assert flt.threshold == pytest.approx(3.5) and flt.calibrated_at == 2
     assert flt.keep(torch.tensor([3.4, 3.5, 9.0])).tolist() == [1.0, 0.0, 0.0]
-    clone = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2))
+    clone = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
     clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
     assert clone.threshold == flt.threshold and clone.summary() == flt.summary()
+
+
+def _calibrated_bucket_filter(buckets: int, percentile: float = 90) -> MagnitudeFilter:
+    """Calibrated on one step: 40 samples per 100-wide timestep bucket of 1000, magnitudes 1..40 times
+    ``b + 1`` in bucket ``b``, so bucket ``b``'s percentile is ``(b + 1)`` times that of 1..40; bucket 9 has
+    only 10 samples (< MIN_BUCKET_SAMPLES) and falls back to the global percentile."""
+    flt = MagnitudeFilter(
+        FilterSpec(enabled=True, percentile=percentile, calibrate_steps=1, timestep_buckets=buckets)
+    )
+    ts, mags = [], []
+    for b in range(10):
+        n = 10 if b == 9 else 40
+        ts += [100 * b + (i % 100) for i in range(n)]
+        mags += [float((b + 1) * (i + 1)) for i in range(n)]
+    assert flt.keep(torch.tensor(mags), torch.tensor(ts)).tolist() == [1.0] * len(ts)  # calibrating
+    flt.record(1, [f"c{i}" for i in range(len(ts))], ts, mags, [1.0] * len(ts))
+    flt.end_step(0)
+    return flt
+
+
+def test_filter_calibrates_one_threshold_per_timestep_bucket() -> None:
+    flt = _calibrated_bucket_filter(10)
+    base = float(np.percentile(np.arange(1, 41), 90))
+    glob = float(np.percentile(flt.calibration, 90))
+    assert flt.threshold == pytest.approx(glob)
+    assert flt.thresholds == pytest.approx([(b + 1) * base for b in range(9)] + [glob])
+    assert flt.summary()["bucket_thresholds"] == flt.thresholds and flt.summary()["timestep_buckets"] == 10
+    # the last timestep (999) falls in the last bucket; bucket edges are t * N // T
+    assert flt.sample_thresholds([0, 99, 100, 999]) == pytest.approx([base, base, 2 * base, glob])
+    with pytest.raises(ValueError, match="timesteps"):
+        flt.keep(torch.tensor([1.0]))
+    fixed = MagnitudeFilter(FilterSpec(enabled=True, threshold=2.0, timestep_buckets=10))
+    assert fixed.thresholds is None and fixed.keep(
+        torch.tensor([1.0, 3.0]), torch.tensor([0, 900])
+    ).tolist() == [1.0, 0.0]
+
+
+def test_timestep_buckets_drop_a_low_t_sample_the_single_threshold_keeps(tmp_path: Path) -> None:
+    single, bucketed = _calibrated_bucket_filter(1), _calibrated_bucket_filter(10)
+    assert single.thresholds is None and single.threshold == pytest.approx(bucketed.threshold)
+    # a memorized sample at t=5: small in absolute terms (far below the global tau), high for its bucket;
+    # an ordinary sample at t=850 with a large absolute magnitude that is normal for its bucket
+    mags, ts = torch.tensor([40.0, 300.0]), torch.tensor([5, 850])
+    assert mags[0] < single.threshold < mags[1]
+    assert single.keep(mags, ts).tolist() == [1.0, 0.0]
+    keep = bucketed.keep(mags, ts)
+    assert keep.tolist() == [0.0, 1.0]
+    bucketed.open_log(tmp_path / "filtered.jsonl", 0)
+    rows = bucketed.record(2, ["mem", "ok"], ts.tolist(), mags.tolist(), keep.tolist())
+    assert rows == [{"key": "mem", "step": 2, "timestep": 5, "magnitude": 40.0,
+                     "threshold": pytest.approx(bucketed.thresholds[0], abs=1e-6)}]  # fmt: skip
+    logged = json.loads((tmp_path / "filtered.jsonl").read_text())
+    assert logged["threshold"] == pytest.approx(bucketed.thresholds[0], abs=1e-6)
+
+
+def test_bucket_filter_state_round_trips_exactly() -> None:
+    flt = _calibrated_bucket_filter(10)
+    flt.num_train_timesteps = 500  # as set by the trainer from the scheduler
+    clone = MagnitudeFilter(FilterSpec(enabled=True, percentile=90, calibrate_steps=1, timestep_buckets=10))
+    clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
+    assert clone.thresholds == flt.thresholds and clone.threshold == flt.threshold
+    assert clone.num_train_timesteps == 500 and clone.calibration_t == flt.calibration_t
+    assert clone.summary() == flt.summary() and clone.state_dict() == flt.state_dict()
+    m, t = torch.tensor([30.0, 30.0, 80.0, 80.0]), torch.tensor([10, 60, 60, 499])
+    assert torch.equal(clone.keep(m, t), flt.keep(m, t))
+    old = flt.state_dict()  # a checkpoint written before timestep buckets existed
+    for k in ("thresholds", "calibration_t", "num_train_timesteps"):
+        old.pop(k)
+    legacy = MagnitudeFilter(FilterSpec(enabled=True, percentile=90, calibrate_steps=1))
+    legacy.load_state_dict(old)
+    assert legacy.thresholds is None and legacy.threshold == flt.threshold
 
 
 class _ToyUnet(torch.nn.Module):

@@ -150,6 +150,7 @@ class _Trainer:
         self.resolution = cfg.data.resolution or int(m["unet"].config.sample_size) * factor
         self.e0 = encode_text(m, [""], acc.device)
         self.noise_sched = m["scheduler"]
+        self.filter.num_train_timesteps = int(self.noise_sched.config.num_train_timesteps)
 
     def _resume(self, resume: str | None) -> int:
         if resume is None:
@@ -225,7 +226,7 @@ class _Trainer:
             else:
                 pred, mag = self.unet(noisy, t, encoder_hidden_states=cond).sample, None
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
-        keep = self.filter.keep(mag) if mag is not None else torch.ones(b, device=acc.device)
+        keep = self.filter.keep(mag, t) if mag is not None else torch.ones(b, device=acc.device)
         loss = masked_loss(per_sample, keep)
         if self.cfg.debug_nan_at_step == step + 1:  # documented test hook (finetune_config.TrainConfig)
             loss = loss * float("nan")

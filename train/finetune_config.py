@@ -50,7 +50,10 @@ class FilterSpec(StrictModel):
     """The memorization filter of algorithms.md §5.
 
     ``threshold`` fixed, or (when None) calibrated as the ``percentile`` of the magnitudes seen over the first
-    ``calibrate_steps`` optimizer steps (nothing is filtered while calibrating). ``batched``: true makes one
+    ``calibrate_steps`` optimizer steps (nothing is filtered while calibrating). ``timestep_buckets`` N > 1
+    calibrates one threshold per equal-width bucket of ``[0, num_train_timesteps)`` (the magnitude's scale
+    depends on ``t``) and compares each sample with its own bucket's; 1 (default) is the single threshold of
+    §5. A fixed ``threshold`` stays one number. ``batched``: true makes one
     UNet call on the concatenated (uncond, cond) batch of 2B (§5); false runs the unconditional half as a
     separate no-grad call. ``auto`` (default) batches on CUDA and runs the no-grad call elsewhere: on a
     compute-bound CPU the batched call's backward over 2B samples costs more than one extra no-grad forward
@@ -61,6 +64,7 @@ class FilterSpec(StrictModel):
     threshold: float | None = Field(None, gt=0)
     percentile: float = Field(99.0, gt=0, lt=100)
     calibrate_steps: int = Field(20, ge=1)
+    timestep_buckets: int = Field(10, ge=1)
     batched: bool | Literal["auto"] = "auto"
 
     def use_batched(self, device_type: str) -> bool:

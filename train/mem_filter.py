@@ -9,6 +9,12 @@ samples with ``m_i >= tau`` leave that step's loss (they stay in the data set). 
   training prediction; the unconditional embedding is detached and the magnitude carries no gradient;
 - every filtered sample is logged (key, step, timestep, magnitude) for the next curation run;
 - ``tau`` is fixed, or calibrated as a percentile of the magnitudes over the first K optimizer steps.
+
+Timestep buckets (our extension, ``FilterSpec.timestep_buckets = N > 1``): ``m_i``'s scale depends strongly on
+``t_i``, so one calibrated ``tau`` never catches a memorized sample drawn at a low ``t``. With N buckets the
+calibration sets one ``tau_b`` per equal-width bucket of ``[0, num_train_timesteps)`` (the percentile of that
+bucket's magnitudes; the global percentile for a bucket with fewer than :data:`MIN_BUCKET_SAMPLES`), and
+sample ``i`` is compared with ``tau_{b(t_i)}``. A fixed ``tau`` stays one number.
 """
 
 from __future__ import annotations
@@ -25,16 +31,45 @@ import torch
 from copyguard.mitigation.magnitude import MagnitudeResult, text_conditional_magnitude
 from copyguard.train.finetune_config import FilterSpec
 
-__all__ = ["MagnitudeFilter", "filter_mask", "filtered_prediction", "masked_loss"]
+__all__ = ["MIN_BUCKET_SAMPLES", "MagnitudeFilter", "bucket_thresholds", "filter_mask", "filtered_prediction",
+           "masked_loss", "timestep_bucket"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
+MIN_BUCKET_SAMPLES = 20
+"""A bucket with fewer calibration magnitudes than this uses the global percentile."""
 
-def filter_mask(magnitude: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """§5 keep-mask: ``m_i < tau`` (float 0/1, shape [B]); all ones while there is no threshold."""
+
+def filter_mask(magnitude: torch.Tensor, threshold: float | torch.Tensor | None) -> torch.Tensor:
+    """§5 keep-mask: ``m_i < tau`` (float 0/1, shape [B]); all ones while there is no threshold.
+
+    ``threshold``: one number, or a per-sample tensor of shape [B] (timestep buckets).
+    """
     if threshold is None:
         return torch.ones_like(magnitude, dtype=torch.float32)
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.to(magnitude.device, magnitude.dtype)
     return (magnitude < threshold).float()
+
+
+def timestep_bucket(timesteps: Any, buckets: int, num_train_timesteps: int) -> np.ndarray:
+    """Equal-width bucket index ``floor(t * N / T)`` (clipped to ``[0, N-1]``) of each timestep."""
+    t = np.asarray(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps)
+    idx = np.floor(t.astype(np.float64) * buckets / num_train_timesteps).astype(np.int64)
+    return np.clip(idx, 0, buckets - 1)
+
+
+def bucket_thresholds(magnitudes: list[float], timesteps: list[int], percentile: float, buckets: int,
+                      num_train_timesteps: int, min_samples: int = MIN_BUCKET_SAMPLES) -> tuple[float, list[float]]:  # fmt: skip
+    """The global ``percentile`` of ``magnitudes`` and one per timestep bucket (global where < min_samples)."""
+    mags = np.asarray(magnitudes, dtype=np.float64)
+    glob = float(np.percentile(mags, percentile))
+    idx = timestep_bucket(timesteps, buckets, num_train_timesteps)
+    per = []
+    for b in range(buckets):
+        sel = mags[idx == b]
+        per.append(float(np.percentile(sel, percentile)) if sel.size >= min_samples else glob)
+    return glob, per
 
 
 def masked_loss(per_sample: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -70,11 +105,14 @@ class MagnitudeFilter:
     uninterrupted one; :meth:`open_log` truncates log lines past the resumed step.
     """
 
-    def __init__(self, spec: FilterSpec) -> None:
+    def __init__(self, spec: FilterSpec, num_train_timesteps: int = 1000) -> None:
         self.spec = spec
+        self.num_train_timesteps = int(num_train_timesteps)
         self.threshold: float | None = spec.threshold if spec.enabled else None
+        self.thresholds: list[float] | None = None  # per timestep bucket once calibrated with buckets > 1
         self.source = "fixed" if spec.threshold is not None else "calibrating"
         self.calibration: list[float] = []
+        self.calibration_t: list[int] = []
         self.calibrated_at: int | None = None
         self.seen = 0
         self.filtered = 0
@@ -85,22 +123,46 @@ class MagnitudeFilter:
     def enabled(self) -> bool:
         return self.spec.enabled
 
-    def keep(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """The keep-mask for this micro-batch (all ones when disabled or still calibrating)."""
+    @property
+    def bucketed(self) -> bool:
+        """Whether thresholds are per timestep bucket (calibrated with ``timestep_buckets > 1``)."""
+        return self.thresholds is not None
+
+    def sample_thresholds(self, timesteps: Any) -> list[float | None]:
+        """Each sample's threshold (its bucket's, or the single one; None while calibrating)."""
+        n = len(timesteps)
+        if self.thresholds is None:
+            return [self.threshold] * n
+        idx = timestep_bucket(timesteps, len(self.thresholds), self.num_train_timesteps)
+        return [self.thresholds[int(b)] for b in idx]
+
+    def keep(self, magnitude: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """The keep-mask for this micro-batch (all ones when disabled or still calibrating).
+
+        ``timesteps`` ([B], each sample's ``t_i``) is required once the thresholds are per bucket.
+        """
         if not self.enabled:
             return torch.ones_like(magnitude, dtype=torch.float32)
-        return filter_mask(magnitude, self.threshold)
+        if self.thresholds is None:
+            return filter_mask(magnitude, self.threshold)
+        if timesteps is None:
+            raise ValueError("the filter has per-timestep-bucket thresholds: pass keep(magnitude, timesteps)")
+        tau = torch.tensor(self.sample_thresholds(timesteps), dtype=torch.float32)
+        return filter_mask(magnitude, tau)
 
     def record(self, step: int, keys: list[str], timesteps: list[int], magnitudes: list[float],
                keep: list[float]) -> list[dict[str, Any]]:  # fmt: skip
         """Count one (gathered) micro-batch of optimizer step ``step`` (1-based); returns the filtered rows."""
         rows = []
         self.seen += len(keys)
-        for key, t, m, k in zip(keys, timesteps, magnitudes, keep, strict=True):
+        taus = self.sample_thresholds([int(t) for t in timesteps])
+        for key, t, m, k, tau in zip(keys, timesteps, magnitudes, keep, taus, strict=True):
             if self.threshold is None and self.enabled:
                 self.calibration.append(float(m))
+                self.calibration_t.append(int(t))
             if k < 0.5:
-                rows.append({"key": key, "step": step, "timestep": int(t), "magnitude": round(float(m), 6)})
+                rows.append({"key": key, "step": step, "timestep": int(t), "magnitude": round(float(m), 6),
+                             "threshold": None if tau is None else round(float(tau), 6)})  # fmt: skip
                 self.key_counts[key] += 1
         self.filtered += len(rows)
         if rows and self._log_path is not None:
@@ -113,10 +175,18 @@ class MagnitudeFilter:
         if self.enabled and self.threshold is None and step + 1 >= self.spec.calibrate_steps:
             if not self.calibration:
                 raise RuntimeError("no magnitudes collected for the filter calibration")
-            self.threshold = float(np.percentile(self.calibration, self.spec.percentile))
-            self.source = f"p{self.spec.percentile:g} of {len(self.calibration)} magnitudes"
+            n_b, pct = self.spec.timestep_buckets, self.spec.percentile
+            self.threshold, per = bucket_thresholds(
+                self.calibration, self.calibration_t, pct, n_b, self.num_train_timesteps
+            )
+            self.source = f"p{pct:g} of {len(self.calibration)} magnitudes"
+            if n_b > 1:
+                self.thresholds = per
+                self.source += f" in {n_b} timestep buckets"
             self.calibrated_at = step + 1
             log.info("filter threshold %.4f (%s, after %d steps)", self.threshold, self.source, step + 1)
+            if self.thresholds is not None:
+                log.info("filter bucket thresholds: %s", ", ".join(f"{x:.4f}" for x in self.thresholds))
 
     def open_log(self, path: Path, resumed_step: int) -> None:
         """Log to ``path``; keep only rows of steps ``<= resumed_step`` (1-based; 0 starts a fresh file)."""
@@ -131,8 +201,11 @@ class MagnitudeFilter:
     def state_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
+            "thresholds": self.thresholds,
+            "num_train_timesteps": self.num_train_timesteps,
             "source": self.source,
             "calibration": self.calibration,
+            "calibration_t": self.calibration_t,
             "calibrated_at": self.calibrated_at,
             "seen": self.seen,
             "filtered": self.filtered,
@@ -141,8 +214,12 @@ class MagnitudeFilter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.threshold = state["threshold"]
+        thr = state.get("thresholds")  # absent in checkpoints written before timestep buckets
+        self.thresholds = None if thr is None else [float(x) for x in thr]
+        self.num_train_timesteps = int(state.get("num_train_timesteps", self.num_train_timesteps))
         self.source = state["source"]
         self.calibration = list(state["calibration"])
+        self.calibration_t = [int(t) for t in state.get("calibration_t", [])]
         self.calibrated_at = state["calibrated_at"]
         self.seen, self.filtered = int(state["seen"]), int(state["filtered"])
         self.key_counts = Counter(state["key_counts"])
@@ -152,6 +229,8 @@ class MagnitudeFilter:
         return {
             "enabled": self.enabled,
             "threshold": self.threshold,
+            "timestep_buckets": self.spec.timestep_buckets,
+            "bucket_thresholds": self.thresholds,
             "threshold_source": self.source if self.enabled else None,
             "calibrated_at_step": self.calibrated_at,
             "samples_seen": self.seen,
