@@ -567,8 +567,8 @@ def _recheck_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "lab-small"), help="lab model folder")
-    parser.add_argument("--index", default=str(ROOT / "out" / "index"), help="training-set index (curate)")
+    parser.add_argument("--model", default=None, help="lab model folder (default: the cached small one)")
+    parser.add_argument("--index", default=None, help="training-set index (default: the cached curate index)")
     parser.add_argument(
         "--memorized-prompt",
         default=LAB_SMALL_MEMORIZED,
@@ -598,17 +598,23 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
     quick = args.quick
+    if (args.model is None or args.index is None) and not quick:
+        from copyguard.pipelines.lab_cache import lab_setup
+
+        model, _, index = lab_setup("small")
+        args.model, args.index = args.model or str(model), args.index or str(index)
     if args.gated_recheck:
         return _recheck_main(args)
-    missing = [p for p in (args.model, args.index) if not Path(p).exists()]
+    missing = [p for p in (args.model, args.index) if p is None or not Path(p).exists()]
     if missing and not args.no_lab and quick:  # `run_all --quick` on a checkout without the artefacts
         log.warning(
-            "skipped: %s not found (build the lab model and the curate index first)", ", ".join(missing)
+            "skipped: %s not found (build the lab model and the curate index first)",
+            ", ".join(str(m) for m in missing),
         )
         return 0
     if missing and not args.no_lab:
         print(
-            f"error: {', '.join(missing)} not found: build the lab model (`copyguard lab-model`) and the "
+            f"error: {', '.join(str(m) for m in missing)} not found: build the lab model (`copyguard lab-model`) and the "
             "training-set index (`copyguard curate` on its data), or pass --model/--index",
             file=sys.stderr,
         )

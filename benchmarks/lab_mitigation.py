@@ -995,9 +995,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a copyguard lab model folder")
-    parser.add_argument("--data", required=True, help="the shards the model was trained on (quote the glob)")
-    parser.add_argument("--index", required=True, help="OUT/index of `copyguard curate` on those shards")
+    parser.add_argument(
+        "--model", default=None, help="a copyguard lab model folder (default: the cached small one)"
+    )
+    parser.add_argument("--data", default=None, help="the shards the model was trained on (quote the glob)")
+    parser.add_argument("--index", default=None, help="OUT/index of `copyguard curate` on those shards")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per memorized prompt")
     parser.add_argument("--unique-prompts", type=int, default=50)
     parser.add_argument("--unique-seeds", type=int, default=1)
@@ -1035,6 +1037,15 @@ def main(argv: list[str] | None = None) -> int:
         calibration_only=args.calibration_only,
         check_every=args.check_every,
     )
+    if args.model is None or args.data is None or args.index is None:
+        from copyguard.pipelines.lab_cache import lab_setup
+
+        model, data, index = lab_setup("small")
+        args.model, args.data, args.index = (
+            args.model or str(model),
+            args.data or data,
+            args.index or str(index),
+        )
     try:
         result = run_evidence(
             args.model,

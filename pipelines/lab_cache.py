@@ -17,7 +17,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-__all__ = ["DEFAULT_CACHE", "cached_lab_model", "cached_sample_data", "lab_key"]
+__all__ = ["DEFAULT_CACHE", "cached_index", "cached_lab_model", "cached_sample_data", "lab_key", "lab_setup"]
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path(os.environ.get("COPYGUARD_CACHE", ".cache/copyguard"))
@@ -77,3 +77,22 @@ def cached_lab_model(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) ->
     run_lab_model(LabConfig(preset=preset, seed=seed), str(data / "*.tar"), model, resume=resume)
     (model / DONE).touch()
     return model, data
+
+
+def cached_index(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
+    """The training-set index of ``copyguard curate`` on the cached sample data (curated on first use)."""
+    from copyguard.pipelines.curate import run as curate_run
+
+    data = cached_sample_data("small" if preset == "gpu" else preset, seed, cache)
+    out = Path(cache) / f"curated-{preset}-s{seed}"
+    if not (out / DONE).is_file():
+        log.info("curating %s into %s (cached for later runs)", data, out)
+        curate_run(["--input", str(data / "*.tar"), "--output", str(out), "--overwrite"])
+        (out / DONE).touch()
+    return out / "index"
+
+
+def lab_setup(preset: str = "small", seed: int = 0, cache: Path = DEFAULT_CACHE) -> tuple[Path, str, Path]:
+    """``(model_dir, data_glob, index_dir)`` of the cached lab model: what the lab benchmarks run on."""
+    model, data = cached_lab_model(preset, seed, cache)
+    return model, str(data / "*.tar"), cached_index(preset, seed, cache)
