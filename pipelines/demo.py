@@ -187,9 +187,9 @@ def run_demo(out: Path, preset: str, cache: Path | None = None) -> None:
     head = [
         "audited model",
         "flagged",
-        "detection AUC",
-        "memorized (none)",
-        "memorized (AMG)",
+        "AUC",
+        "planted pairs: none -> AMG",
+        "unique: none -> AMG",
         "gate",
         "report",
     ]
@@ -197,9 +197,7 @@ def run_demo(out: Path, preset: str, cache: Path | None = None) -> None:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(
-        "memorized = share of generations with SSCD > 0.4 to their nearest training image (32 px threshold)"
-    )
+    print("shares: generations with SSCD > 0.4 to their nearest training image (the lab's 32 px threshold)")
     print(
         "times: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in t.items())
