@@ -20,7 +20,7 @@ configurations so that all see the same machine load, and every ratio is the med
 ratios. Memory: the process's peak RSS minus its RSS after the models loaded (CPU), or the peak CUDA
 allocation (GPU). Defaults: the ``small`` lab model from the lab cache (``copyguard.pipelines.lab_cache``,
 trained on first use) and the tiny sample data built in a temporary folder; ``--quick`` runs a few steps
-on the tiny lab model instead (trained into a temporary cache unless ``--model`` is given).
+on the tiny lab model instead (from the same cache, unless ``--model`` is given).
 Writes ``benchmarks/results/<machine>/train.json``.
 """
 
@@ -138,16 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     steps, rounds = (6, 1) if args.quick else (args.steps, args.rounds)
-    with tempfile.TemporaryDirectory(prefix="bench_train_lab_") as cache:
-        model = args.model
-        if model is None:
-            from copyguard.pipelines.lab_cache import DEFAULT_CACHE, cached_lab_model
+    model = args.model
+    if model is None:
+        from copyguard.pipelines.lab_cache import DEFAULT_CACHE, cached_lab_model
 
-            preset, where = ("tiny", Path(cache)) if args.quick else ("small", DEFAULT_CACHE)
-            model = str(cached_lab_model(preset, cache=where)[0])
-        report = run(
-            args.machine, model, args.data, steps, rounds, args.batch_size, args.threads, args.quick, argv
-        )
+        model = str(cached_lab_model("tiny" if args.quick else "small", cache=DEFAULT_CACHE)[0])
+    report = run(
+        args.machine, model, args.data, steps, rounds, args.batch_size, args.threads, args.quick, argv
+    )
     path = write_result(report, args.out, args.machine, "train")
     s = report["summary"]
     print(
