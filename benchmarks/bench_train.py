@@ -88,8 +88,10 @@ def run(machine: str, model: str, data: str | None, steps: int, rounds: int, bat
                 runs[name].append(s)
                 log.info("round %d %-16s %.4f s/step, +%.0f MiB", r, name, s["step_s_median"], _memory_mib(s))
 
-    def ratio(a: str, b: str, key: Any) -> float:
-        return round(statistics.median(key(x) / key(y) for x, y in zip(runs[a], runs[b], strict=True)), 3)
+    def ratio(a: str, b: str, key: Any) -> float | None:
+        """Median per-round ratio; None when the denominator was 0 (e.g. no memory growth in a smoke run)."""
+        pairs = [key(x) / key(y) for x, y in zip(runs[a], runs[b], strict=True) if key(y)]
+        return round(statistics.median(pairs), 3) if pairs else None
 
     step = lambda s: s["step_s_median"]  # noqa: E731
     configs = {
@@ -115,7 +117,8 @@ def run(machine: str, model: str, data: str | None, steps: int, rounds: int, bat
         "lora_vs_full_memory": ratio("lora", "full", _memory_mib),
         "goal_filter_ratio": GOAL_FILTER_RATIO,
     }
-    summary["passes"] = summary["filter_ratio_default"] <= GOAL_FILTER_RATIO
+    default_ratio = summary["filter_ratio_default"]
+    summary["passes"] = default_ratio is not None and default_ratio <= GOAL_FILTER_RATIO
     report.update({
         "settings": {"model": model, "data": data, "steps": steps, "rounds": rounds, "batch_size": batch,
                      "threads": threads, "device": runs["full"][0]["device"],
