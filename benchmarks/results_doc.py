@@ -23,6 +23,9 @@ from benchmarks.results_sections import (
     mitigation_section,
     plots_section,
 )
+from benchmarks.results_sections import (
+    source as _source,
+)
 from benchmarks.staleness import stale_reason
 from copyguard.curation.fileops import atomic_write
 
@@ -39,20 +42,6 @@ NO_GPU = (
 
 def _f(v: Any, nd: int = 3) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
-
-
-def _machine(r: dict[str, Any]) -> str:
-    m = r.get("machine", {})
-    gpu = f", {m['gpu']}" if m.get("gpu") else ""
-    return f"{m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} cores{gpu}"
-
-
-def _source(name: str, r: dict[str, Any]) -> str:
-    commit = ((r.get("git") or {}).get("commit") or "not recorded")[:10]
-    return (
-        f"*Source: `benchmarks/results/{r.get('machine', {}).get('tag', CPU)}/{name}.json` "
-        f"({_machine(r)}; {r.get('started', '?')[:16]}; commit {commit}; `{r.get('command', '')}`).*"
-    )
 
 
 def curation_section(res: dict[str, dict[str, dict[str, Any]]], machine: str = CPU) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["costs_section", "detection_section", "mitigation_section", "plots_section"]
+from benchmarks.lab_mitigation import PAPER_SD
+from benchmarks.report import _table, _verdict
+
+__all__ = ["costs_section", "detection_section", "mitigation_section", "plots_section", "source"]
 
 CPU = "dev-2cpu"
 Results = dict[str, dict[str, dict[str, Any]]]
@@ -18,16 +21,6 @@ def _missing(title: str, command: str) -> str:
 PAPER_DETECTION = (
     "SD v1.4, Wen et al. (§2): all steps, n = 4: AUC 0.994, TPR@1%FPR 0.982; first step: AUC 0.962, TPR 0.79"
 )
-# §6.4 (SD v1.4 on memorized LAION prompts): Top5%, Top1, %>0.5, %>0.4, FID
-PAPER_MITIGATION = {
-    "none": (0.91, 0.93, 44.85, 59.23, 106.41),
-    "gni": (0.91, 0.94, 42.75, 58.18, 97.81),
-    "rt": (0.61, 0.84, 15.07, 26.75, 101.69),
-    "cwr": (0.79, 0.85, 26.45, 40.93, 96.25),
-    "rna": (0.75, 0.82, 17.78, 29.05, 99.68),
-    "amg-paper": (0.41, 0.47, 0.0, 7.07, 99.12),
-    "amg-strong": (0.34, 0.39, 0.0, 0.0, 100.45),
-}
 
 
 def detection_section(res: Results, machine: str = CPU) -> str:
@@ -58,7 +51,7 @@ def detection_section(res: Results, machine: str = CPU) -> str:
         f"({_f(cal.get('threshold'), 3)}) flags {_f(cal.get('flagged_memorized_pct'), 0)} % of the memorized "
         f"prompts and {_f(cal.get('flagged_heldout_pct'), 1)} % of the held-out captions.",
         "",
-        _source("lab_mitigation", lab),
+        source("lab_mitigation", lab),
         "",
     ])  # fmt: skip
 
@@ -84,7 +77,7 @@ def mitigation_section(res: Results, machine: str = CPU) -> str:
     lines = ["## Mitigation", ""]
     if lab:
         methods = lab["mitigation"]["methods"]
-        rows = [_mit_row(v.get("label", k), v["memorized"], v.get("fid"), PAPER_MITIGATION.get(k))
+        rows = [_mit_row(v.get("label", k), v["memorized"], v.get("fid"), PAPER_SD.get(k))
                 for k, v in methods.items()]  # fmt: skip
         n = methods["none"]["memorized"]["n"]
         lines += [
@@ -113,7 +106,7 @@ def mitigation_section(res: Results, machine: str = CPU) -> str:
             "sits around 0.3-0.4 for every image, right at the paper's lambda of 0.3-0.4, so G_dup and G_sim "
             "rarely trigger; its constants were set for 512 px (details: [mitigation.md](mitigation.md)).",
             "",
-            _source("lab_mitigation", lab),
+            source("lab_mitigation", lab),
             "",
         ]
     if ev:
@@ -144,7 +137,7 @@ def mitigation_section(res: Results, machine: str = CPU) -> str:
             f"{_f(sm.get('memorized_share_relative_cut_12_seeds'), 3)} (12 seeds); goal >= 0.8 at <= 5 % FID change "
             f"(FID change {_f(100 * sm['fid_relative_change'], 1)} %).",
             "",
-            _source("train_evidence", ev),
+            source("train_evidence", ev),
             "",
         ]
     return "\n".join(lines)
@@ -231,7 +224,8 @@ def _f(v: Any, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def _source(name: str, r: dict[str, Any]) -> str:
+def source(name: str, r: dict[str, Any]) -> str:
+    """The italic line naming a figure's result file, machine, load, date and commit."""
     commit = ((r.get("git") or {}).get("commit") or "not recorded")[:10]
     m = r.get("machine", {})
     return (
@@ -239,16 +233,6 @@ def _source(name: str, r: dict[str, Any]) -> str:
         f"{m.get('usable_cpus', '?')} cores, load {m.get('load_average_at_start', ['?'])[0]} at the start; "
         f"{r.get('started', '?')[:16]}; commit {commit}).*"
     )
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("-" if v is None else str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("**pass**" if ok else "**miss**")
 
 
 def costs_section(res: Results, machine: str = CPU) -> str:
@@ -297,7 +281,7 @@ def costs_section(res: Results, machine: str = CPU) -> str:
             "does not flag (`--gated-recheck`; with random weights the main run's 'unique' prompt was "
             f"flagged). {mit.get('gpu', '')}.",
             "",
-            _source("mitigation", mit),
+            source("mitigation", mit),
             "",
         ]
     train = res.get("train", {}).get(machine)
@@ -332,7 +316,7 @@ def costs_section(res: Results, machine: str = CPU) -> str:
             f"{_f(s.get('filter_seq_ratio_full'))}x; "
             f"LoRA vs full: {_f(s['lora_vs_full_step'])}x step time, {_f(s['lora_vs_full_memory'])}x memory.",
             "",
-            _source("train", train),
+            source("train", train),
             "",
         ]
     if len(lines) == 2:
