@@ -226,7 +226,7 @@ def _f(v: Any, nd: int = 2) -> str:
 
 def source(name: str, r: dict[str, Any]) -> str:
     """The italic line naming a figure's result file, machine, load, date and commit."""
-    commit = ((r.get("git") or {}).get("commit") or "not recorded")[:10]
+    commit = ((r.get("git") or {}).get("commit") or "")[:10] or "not recorded"
     m = r.get("machine", {})
     return (
         f"*Source: `benchmarks/results/{m.get('tag', CPU)}/{name}.json` ({m.get('cpu_model', '?')}, "
