@@ -8,13 +8,25 @@ up in the manifest with its fate (datatrove's exclusion-writer idea).
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IMAGE_EXTENSIONS", "CAPTION_EXTENSIONS", "RejectReason", "Rejection", "Sample"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "CAPTION_EXTENSIONS",
+    "MAX_DETAIL_CHARS",
+    "RejectReason",
+    "Rejection",
+    "Sample",
+]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 CAPTION_EXTENSIONS = ("txt", "caption")
+# A rejection's detail is cut to this many characters (it lands in every manifest and report).
+MAX_DETAIL_CHARS = 400
+# `` at 0x7f...`` in an object repr: a memory address, different on every run.
+_ADDRESS = re.compile(r"\s+at\s+0x[0-9a-fA-F]+")
 
 
 class RejectReason(str, enum.Enum):
@@ -33,6 +45,10 @@ class RejectReason(str, enum.Enum):
     UNSAFE_MEMBER_NAME = "unsafe_member_name"
     DUPLICATE_KEY = "duplicate_key"
     BAD_METADATA = "bad_metadata"
+    MEMBER_TOO_LARGE = "member_too_large"
+    CAPTION_TOO_LONG = "caption_too_long"
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"
+    NON_UTF8_NAME = "non_utf8_name"
 
     def __str__(self) -> str:
         return self.value
@@ -44,7 +60,8 @@ class Sample:
 
     ``image`` holds the encoded bytes exactly as stored (they are re-written unchanged), ``image_ext`` the
     member extension (``jpg``, ``png``...). ``width``/``height`` come from the decoded header.
-    ``metadata`` is the sample's optional ``.json`` member.
+    ``metadata`` is the sample's optional ``.json`` member. ``members`` counts the tar members this sample
+    was read from (0 when it was not read from a shard), so that members in = members accounted.
     """
 
     key: str
@@ -55,6 +72,7 @@ class Sample:
     height: int = 0
     shard: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    members: int = 0
 
     @property
     def pixels(self) -> int:
@@ -63,13 +81,23 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An input that could not become a :class:`Sample`, with the reason and a human-readable detail."""
+    """An input that could not become a :class:`Sample`, with the reason and a human-readable detail.
+
+    ``members`` counts the tar members the rejection accounts for (0 for a whole-shard problem or a
+    rejection made after reading). The detail is made reproducible: object addresses (`` at 0x...``) are
+    removed and it is cut to :data:`MAX_DETAIL_CHARS`, so the same bad input gives byte-identical details.
+    """
 
     key: str
     reason: RejectReason
     shard: str = ""
     detail: str = ""
+    members: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.reason, RejectReason):
             object.__setattr__(self, "reason", RejectReason(self.reason))
+        detail = _ADDRESS.sub("", str(self.detail))
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
+        object.__setattr__(self, "detail", detail)

@@ -1,26 +1,39 @@
-"""WebDataset shard I/O: a streaming reader that never crashes on bad data, and an atomic rolling writer.
+"""WebDataset shard I/O: a streaming reader that never crashes on bad data (the writer: shard_writer.py).
 
 A shard is a tar whose members are grouped into samples by key: ``abc.jpg``, ``abc.txt`` and an optional
 ``abc.json`` form sample ``abc`` (the WebDataset convention: the key is the member path up to the first dot
 of its base name). The reader turns every problem into a :class:`~copyguard.curation.records.Rejection`
-with a reason, so every input sample is accounted for.
+with a reason, and gives every tar member a fate: each non-directory member is counted in exactly one
+record's ``members``. Rules, in order:
+
+* Adjacent members with one key form one sample; a member whose extension the sample already has starts
+  a new sample with the same key (``k.jpg k.txt k.jpg k.txt`` is two samples, never an overwrite).
+* The first sample of a key in a shard owns the key; every later one is a ``duplicate_key`` rejection.
+* Limits are checked from the tar header before a byte is read (``member_too_large``,
+  ``caption_too_long``, oversize ``.json``: ``bad_metadata``); a skipped member is never read whole.
+* A member name that is not UTF-8 is ``non_utf8_name``, under a stable escaped key (``caf\\xe9``), since
+  Beam coders, Parquet and JSON all need text keys.
+* Images must be an allowed format within ``max_pixels`` (:mod:`copyguard.curation.images`).
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
 import logging
+import lzma
 import os
 import re
 import tarfile
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from copyguard.curation.fileops import FileOps, LocalFileOps, expand_paths, temp_name
-from copyguard.curation.images import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size
+from copyguard.common.fileops import FileOps, LocalFileOps, expand_paths
+from copyguard.curation.config import DEFAULT_MAX_PIXELS
+from copyguard.curation.images import ImageDecodeError, image_size
 from copyguard.curation.records import (
     CAPTION_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -28,9 +41,15 @@ from copyguard.curation.records import (
     RejectReason,
     Sample,
 )
+from copyguard.curation.shard_writer import ShardWriter, sample_members
 
 __all__ = [
+    "DEFAULT_MAX_CAPTION_BYTES",
+    "DEFAULT_MAX_MEMBER_BYTES",
+    "DEFAULT_MAX_METADATA_BYTES",
+    "ReadLimits",
     "ShardWriter",
+    "escape_key",
     "iter_samples",
     "read_shard",
     "read_shard_file",
@@ -41,7 +60,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
+# Largest tar member read into memory (the image of one sample); larger members are skipped unread.
+DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# Largest caption member; captions land in manifests and reports.
+DEFAULT_MAX_CAPTION_BYTES = 8 * 1024
+# Largest ``.json`` metadata member.
+DEFAULT_MAX_METADATA_BYTES = 1024 * 1024
+# The extensions whose bytes a sample uses; other members are counted but never read.
+_USED = frozenset((*IMAGE_EXTENSIONS, *CAPTION_EXTENSIONS, "json"))
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What the reader accepts. ``verify_images=False`` checks image headers only (format, pixel limit)
+    and leaves the full decode to a consumer that decodes anyway (the trainer)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    max_caption_bytes: int = DEFAULT_MAX_CAPTION_BYTES
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    verify_images: bool = True
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -50,6 +88,16 @@ def split_member_name(name: str) -> tuple[str, str]:
     stem, dot, ext = base.partition(".")
     key = f"{head}/{stem}" if head else stem
     return key, ext.lower() if dot else ""
+
+
+def escape_key(text: str) -> str:
+    """``text`` as valid UTF-8 text: bytes that tarfile could not decode (surrogate escapes) become
+    ``\\xNN``; any other lone surrogate becomes ``\\udNNN``. Text that is already UTF-8 is unchanged."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _is_unsafe(name: str) -> bool:
@@ -86,24 +134,71 @@ class _Prefixed(io.RawIOBase):
         return self._stream.read(size)
 
 
+def _decompressed(head: bytes, stream: BinaryIO) -> BinaryIO:
+    """The shard's tar bytes. Compressed shards go through the standard library's streaming readers
+    (bounded buffers), not tarfile's ``r|*`` stream, whose skip over a highly compressed member copies its
+    whole decompressed buffer once per 10 KB record. Closing the reader leaves ``stream`` open."""
+    source: Any = _Prefixed(head, stream)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=source, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(source, "rb")
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(source, "rb")
+    return source
+
+
 @dataclass
 class _Group:
+    """The members of one sample as they are read; ``problem`` is the first member-level rejection."""
+
     key: str
     parts: dict[str, bytes] = field(default_factory=dict)
-    unsafe: str = ""
+    exts: set[str] = field(default_factory=set)
+    members: int = 0
+    problem: tuple[RejectReason, str] | None = None
 
 
-def _finish(group: _Group, shard: str, seen: set[str], max_pixels: int) -> Sample | Rejection:
+def _member_problem(member: tarfile.TarInfo, ext: str, limits: ReadLimits) -> tuple[RejectReason, str] | None:
+    """A rejection decided from the member's header alone (nothing read yet), or None."""
+    shown = escape_key(member.name)
+    if shown != member.name:
+        raw = member.name.encode("utf-8", "surrogateescape")
+        return RejectReason.NON_UTF8_NAME, f"member name is not UTF-8: {raw!r}"
+    if _is_unsafe(member.name):
+        return RejectReason.UNSAFE_MEMBER_NAME, f"unsafe member name {shown!r}"
+    if not member.isfile():
+        return RejectReason.UNSAFE_MEMBER_NAME, f"member {shown!r} is a link or device, not a regular file"
+    if member.size > limits.max_member_bytes:
+        return (
+            RejectReason.MEMBER_TOO_LARGE,
+            f"member {shown!r} is {member.size} bytes, over max_member_bytes={limits.max_member_bytes}",
+        )
+    if ext in CAPTION_EXTENSIONS and member.size > limits.max_caption_bytes:
+        return (
+            RejectReason.CAPTION_TOO_LONG,
+            f"caption is {member.size} bytes, over max_caption_bytes={limits.max_caption_bytes}",
+        )
+    if ext == "json" and member.size > limits.max_metadata_bytes:
+        return (
+            RejectReason.BAD_METADATA,
+            f"metadata .json is {member.size} bytes, over max_metadata_bytes={limits.max_metadata_bytes}",
+        )
+    return None
+
+
+def _finish(group: _Group, shard: str, seen: set[str], limits: ReadLimits) -> Sample | Rejection:
     key = group.key
+    first = key not in seen
+    seen.add(key)
 
     def reject(reason: RejectReason, detail: str) -> Rejection:
-        return Rejection(key=key, reason=reason, shard=shard, detail=detail)
+        return Rejection(key=key, reason=reason, shard=shard, detail=detail, members=group.members)
 
-    if group.unsafe:
-        return reject(RejectReason.UNSAFE_MEMBER_NAME, group.unsafe)
-    if key in seen:
+    if group.problem is not None:
+        return reject(*group.problem)
+    if not first:
         return reject(RejectReason.DUPLICATE_KEY, f"key '{key}' occurs more than once in {shard}")
-    seen.add(key)
     image_ext = next((e for e in IMAGE_EXTENSIONS if e in group.parts), None)
     caption_ext = next((e for e in CAPTION_EXTENSIONS if e in group.parts), None)
     empty = sorted(ext for ext, data in group.parts.items() if not data)
@@ -128,13 +223,13 @@ def _finish(group: _Group, shard: str, seen: set[str], max_pixels: int) -> Sampl
     if "json" in group.parts:
         try:
             metadata = json.loads(group.parts["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             return reject(RejectReason.BAD_METADATA, f"metadata .json does not parse: {exc}")
         if not isinstance(metadata, dict):
             return reject(RejectReason.BAD_METADATA, "metadata .json is not an object")
     image = group.parts[image_ext]
     try:
-        width, height = image_size(image, max_pixels)
+        width, height = image_size(image, limits.max_pixels, load=limits.verify_images)
     except ImageDecodeError as exc:
         return reject(exc.reason, exc.detail)
     return Sample(
@@ -146,18 +241,41 @@ def _finish(group: _Group, shard: str, seen: set[str], max_pixels: int) -> Sampl
         height=height,
         shard=shard,
         metadata=metadata,
+        members=group.members,
     )
 
 
-def read_shard(
-    stream: BinaryIO, shard: str, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Iterator[Sample | Rejection]:
-    """Stream the samples of one tar shard (plain or gzip) from a file object.
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    data = handle.read(member.size) if handle is not None else b""
+    if len(data) != member.size:
+        raise EOFError(f"member {escape_key(member.name)!r} is cut short")
+    return data
 
-    Never raises for bad data: a corrupt member, a missing caption or image, non-UTF-8 text, an image that
-    fails to decode or exceeds ``max_pixels``, a path-traversal member name, a duplicated key, an empty or
-    truncated tar each become a :class:`Rejection`. Samples already read before a truncation are kept.
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def read_shard(
+    stream: BinaryIO,
+    shard: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    max_caption_bytes: int = DEFAULT_MAX_CAPTION_BYTES,
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    verify_images: bool = True,
+) -> Iterator[Sample | Rejection]:
+    """Stream the samples of one tar shard (plain or compressed) from a file object.
+
+    Never raises for bad data: a corrupt member, a missing caption or image, non-UTF-8 text or names, an
+    image that fails to decode, is not an allowed format or exceeds ``max_pixels``, a member over
+    ``max_member_bytes`` (a caption over ``max_caption_bytes``, metadata over ``max_metadata_bytes``), a
+    path-traversal member name, a duplicated key, an empty or truncated tar each become a
+    :class:`Rejection` (see the module docstring for the rules). Samples read before a truncation are kept.
     """
+    limits = ReadLimits(max_pixels, max_member_bytes, max_caption_bytes, max_metadata_bytes, verify_images)
     seen: set[str] = set()
     group: _Group | None = None
     produced = 0
@@ -165,54 +283,68 @@ def read_shard(
     if not head:
         yield Rejection(shard_key(shard), RejectReason.EMPTY_SHARD, shard, "shard is a zero-byte file")
         return
+    source = _decompressed(head, stream)
     try:
-        tar = tarfile.open(fileobj=_Prefixed(head, stream), mode="r|*")  # noqa: SIM115 - closed below
-    except _READ_ERRORS as exc:
-        yield Rejection(shard_key(shard), RejectReason.CORRUPT_TAR, shard, f"not a readable tar: {exc}")
+        tar = tarfile.open(fileobj=source, mode="r|", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed below
+    except Exception as exc:  # tarfile and the decompressors raise many types for hostile input
+        source.close()
+        yield Rejection(
+            shard_key(shard), RejectReason.CORRUPT_TAR, shard, f"not a readable tar: {_describe(exc)}"
+        )
         return
+    members = iter(tar)
+    broken: BaseException | None = None
     try:
-        for member in tar:
-            if member.isdir():
+        while True:
+            try:
+                member = next(members, None)
+            except Exception as exc:
+                broken = exc
+                break
+            if member is None:
+                break
+            if member.isdir():  # structure, not content: not counted
                 continue
-            key, ext = split_member_name(member.name)
-            if group is None or key != group.key:
+            raw_key, ext = split_member_name(member.name)
+            key = escape_key(raw_key)
+            if group is None or key != group.key or ext in group.exts:
                 if group is not None:
                     produced += 1
-                    yield _finish(group, shard, seen, max_pixels)
+                    yield _finish(group, shard, seen, limits)
                 group = _Group(key)
-            if _is_unsafe(member.name):
-                group.unsafe = f"unsafe member name {member.name!r}"
+            group.exts.add(ext)
+            group.members += 1
+            if group.problem is not None:
+                continue  # the sample is rejected already: its other members are skipped unread
+            group.problem = _member_problem(member, ext, limits)
+            if group.problem is not None or ext not in _USED:
                 continue
-            if not member.isfile():
-                group.unsafe = f"member {member.name!r} is a link or device, not a regular file"
-                continue
-            handle = tar.extractfile(member)
-            data = handle.read() if handle is not None else b""
-            if len(data) != member.size:
-                raise EOFError(f"member {member.name!r} is cut short")
-            group.parts[ext] = data
-    except _READ_ERRORS as exc:
-        detail = f"tar is truncated or corrupt: {exc}"
-        if group is not None:
-            produced += 1
-            yield Rejection(group.key, RejectReason.TRUNCATED_TAR, shard, detail)
-        else:
-            produced += 1
-            yield Rejection(shard_key(shard), RejectReason.TRUNCATED_TAR, shard, detail)
-        return
+            try:
+                group.parts[ext] = _read_member(tar, member)
+            except Exception as exc:
+                broken = exc
+                break
     finally:
         tar.close()
+        source.close()
+    if broken is not None:
+        detail = f"tar is truncated or corrupt: {_describe(broken)}"
+        if group is not None:
+            yield Rejection(group.key, RejectReason.TRUNCATED_TAR, shard, detail, group.members)
+        else:
+            yield Rejection(shard_key(shard), RejectReason.TRUNCATED_TAR, shard, detail)
+        return
     if group is not None:
         produced += 1
-        yield _finish(group, shard, seen, max_pixels)
+        yield _finish(group, shard, seen, limits)
     if produced == 0:
         yield Rejection(shard_key(shard), RejectReason.EMPTY_SHARD, shard, "shard holds no samples")
 
 
 def read_shard_file(
-    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, fs: FileOps | None = None
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, fs: FileOps | None = None, **limits: int
 ) -> Iterator[Sample | Rejection]:
-    """:func:`read_shard` on a path opened through ``fs`` (local by default)."""
+    """:func:`read_shard` on a path opened through ``fs`` (local by default); ``limits``: its keywords."""
     fs = fs or LocalFileOps()
     try:
         stream = fs.open(path)
@@ -220,127 +352,12 @@ def read_shard_file(
         yield Rejection(shard_key(path), RejectReason.CORRUPT_TAR, path, f"cannot open shard: {exc}")
         return
     with stream:
-        yield from read_shard(stream, path, max_pixels)
+        yield from read_shard(stream, path, max_pixels, **limits)
 
 
 def iter_samples(
-    patterns: str | list[str], max_pixels: int = DEFAULT_MAX_PIXELS
+    patterns: str | list[str], max_pixels: int = DEFAULT_MAX_PIXELS, **limits: int
 ) -> Iterator[Sample | Rejection]:
     """All records of the local shards matching ``patterns`` (globs, comma-separated), in sorted order."""
     for path in expand_paths(patterns):
-        yield from read_shard_file(path, max_pixels)
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0  # deterministic bytes: same samples give the same shard
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
-    """The tar members of a sample: image, caption and (when present) metadata."""
-    members = [
-        (f"{sample.key}.{sample.image_ext}", sample.image),
-        (f"{sample.key}.txt", sample.caption.encode("utf-8")),
-    ]
-    if sample.metadata:
-        members.append((f"{sample.key}.json", json.dumps(sample.metadata, sort_keys=True).encode("utf-8")))
-    return members
-
-
-class ShardWriter:
-    """Write samples into ``{prefix}-{index:06d}.tar`` shards, rolling by sample count or bytes.
-
-    Each shard is written under a hidden temporary name and renamed only when complete, so a reader
-    globbing ``*.tar`` never sees a partial shard. Use as a context manager; :attr:`paths` lists the
-    shards written so far.
-    """
-
-    def __init__(
-        self,
-        directory: str,
-        prefix: str = "shard",
-        max_count: int = 1000,
-        max_bytes: int = 256 * 1024 * 1024,
-        fs: FileOps | None = None,
-        start_index: int = 0,
-    ) -> None:
-        if max_count < 1 or max_bytes < 1:
-            raise ValueError("max_count and max_bytes must be positive")
-        self.directory = directory
-        self.prefix = prefix
-        self.max_count = max_count
-        self.max_bytes = max_bytes
-        self.fs = fs or LocalFileOps()
-        self.index = start_index
-        self.paths: list[str] = []
-        self._stream: BinaryIO | None = None
-        self._tar: tarfile.TarFile | None = None
-        self._tmp = ""
-        self._final = ""
-        self._count = 0
-        self._bytes = 0
-        self.fs.makedirs(directory)
-
-    def _open(self) -> None:
-        self._final = self.fs.join(self.directory, f"{self.prefix}-{self.index:06d}.tar")
-        self._tmp = temp_name(self._final)
-        self._stream = self.fs.create(self._tmp)
-        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        self._count = self._bytes = 0
-        self.index += 1
-
-    def _close_current(self) -> None:
-        if self._tar is None or self._stream is None:
-            return
-        self._tar.close()
-        self._stream.close()
-        self.fs.rename(self._tmp, self._final)
-        self.paths.append(self._final)
-        log.debug("wrote %s (%d samples, %d bytes)", self._final, self._count, self._bytes)
-        self._tar = self._stream = None
-
-    def write(self, sample: Sample) -> None:
-        members = sample_members(sample)
-        size = sum(512 + (len(data) + 511) // 512 * 512 for _, data in members)
-        if self._tar is not None and (self._count >= self.max_count or self._bytes + size > self.max_bytes):
-            self._close_current()
-        if self._tar is None:
-            self._open()
-        assert self._tar is not None
-        for name, data in members:
-            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-        self._count += 1
-        self._bytes += size
-
-    def write_all(self, samples: Iterable[Sample]) -> list[str]:
-        for sample in samples:
-            self.write(sample)
-        return self.paths
-
-    def close(self) -> list[str]:
-        self._close_current()
-        return self.paths
-
-    def abort(self) -> None:
-        """Drop the shard in progress (its temporary file is removed); finished shards stay."""
-        if self._tar is not None and self._stream is not None:
-            try:
-                self._tar.close()
-            finally:
-                self._stream.close()
-                self.fs.delete(self._tmp)
-        self._tar = self._stream = None
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        yield from read_shard_file(path, max_pixels, **limits)

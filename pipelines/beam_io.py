@@ -13,7 +13,7 @@ from typing import BinaryIO
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 from copyguard.curation.records import Rejection, RejectReason, Sample
 from copyguard.curation.shards import read_shard, shard_key
 
@@ -25,7 +25,7 @@ REJECTED = "rejected"
 
 
 class BeamFileOps:
-    """:class:`copyguard.curation.fileops.FileOps` over Beam's ``FileSystems`` (local, GCS, S3, HDFS)."""
+    """:class:`copyguard.common.fileops.FileOps` over Beam's ``FileSystems`` (local, GCS, S3, HDFS)."""
 
     def open(self, path: str) -> BinaryIO:
         return FileSystems.open(path, compression_type="uncompressed")
@@ -76,8 +76,9 @@ def match_inputs(patterns: str) -> list[str]:
 
 
 class _ReadShardFn(beam.DoFn):
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, limits: dict[str, int]) -> None:
         self.max_pixels = max_pixels
+        self.limits = limits
 
     def process(self, path: str):
         try:
@@ -88,7 +89,7 @@ class _ReadShardFn(beam.DoFn):
             )
             return
         with stream:
-            for record in read_shard(stream, path, self.max_pixels):
+            for record in read_shard(stream, path, self.max_pixels, **self.limits):
                 if isinstance(record, Sample):
                     yield record
                 else:
@@ -98,16 +99,20 @@ class _ReadShardFn(beam.DoFn):
 class ReadShards(beam.PTransform):
     """Shard paths -> ``Sample`` main output and ``Rejection`` on the ``rejected`` tag.
 
-    Paths are reshuffled first so that shards spread over workers.
+    ``limits``: the size caps of :func:`copyguard.curation.shards.read_shard` (``max_member_bytes``,
+    ``max_caption_bytes``, ``max_metadata_bytes``); left out, their defaults apply. Paths are reshuffled
+    first so that shards spread over workers.
     """
 
-    def __init__(self, max_pixels: int) -> None:
+    def __init__(self, max_pixels: int, **limits: int) -> None:
         super().__init__()
         self.max_pixels = max_pixels
+        self.limits = limits
 
     def expand(self, paths):
+        read = _ReadShardFn(self.max_pixels, self.limits)
         return (
             paths
             | "SpreadShards" >> beam.Reshuffle()
-            | "ReadTar" >> beam.ParDo(_ReadShardFn(self.max_pixels)).with_outputs(REJECTED, main="samples")
+            | "ReadTar" >> beam.ParDo(read).with_outputs(REJECTED, main="samples")
         )

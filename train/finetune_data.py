@@ -1,11 +1,15 @@
 """The fine-tuning data: an endless, seeded WebDataset stream of ``(key, image, caption)`` batches.
 
 Per epoch ``e`` the shard list is shuffled with ``(seed, e)``, split per rank (webdataset's
-``split_by_node``) and per DataLoader worker (``split_by_worker``), read with ``tarfile_to_samples`` and
-passed through a shuffle buffer seeded with ``(seed, e, rank, worker)``. Every per-sample random choice
-(crop offset, flip, caption dropout) comes from ``(seed, epoch, key)``, so a run repeats exactly whatever the
-worker interleaving. A sample without a decodable image or a UTF-8 caption is skipped and counted (the
-count rides along in each batch), never fatal. A resumed run skips the batches it already consumed.
+``split_by_node``) and per DataLoader worker (``split_by_worker``), read with curation's shard reader
+(:func:`copyguard.curation.shards.read_shard_file`: the same grouping, limits and rejection reasons as the
+curation job, so a shard that curation survives the trainer survives too) and passed through a shuffle
+buffer seeded with ``(seed, e, rank, worker)``. Every per-sample random choice (crop offset, flip, caption
+dropout) comes from ``(seed, epoch, key)``, so a run repeats exactly whatever the worker interleaving. A
+rejected sample (no decodable image, no UTF-8 caption, a duplicated key, an oversize member...) is skipped
+and counted under its reject reason (the count rides along in each batch), never fatal. Images are decoded
+pre-shrunk towards the training size (``decode_image(min_side=...)``), never as a full-size RGB copy. A
+resumed run skips the batches it already consumed.
 """
 
 from __future__ import annotations
@@ -21,17 +25,16 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import expand_paths
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import expand_paths
 from copyguard.curation.images import ImageDecodeError, decode_image
-from copyguard.train.finetune_config import DataSpec
+from copyguard.curation.records import Rejection, Sample
+from copyguard.curation.shards import read_shard_file
+from copyguard.train.config import DataConfig
 
 __all__ = ["Batch", "ShardStream", "make_loader", "prepare_image", "shard_paths"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
-CAPTION_KEYS = ("txt", "caption")
 
 
 @dataclass
@@ -80,64 +83,53 @@ def prepare_image(
 class ShardStream(torch.utils.data.IterableDataset):
     """Endless batches over the shards (see the module docstring); iterate it inside a DataLoader."""
 
-    def __init__(self, paths: list[str], spec: DataSpec, size: int, batch_size: int, seed: int) -> None:
+    def __init__(self, paths: list[str], spec: DataConfig, size: int, batch_size: int, seed: int) -> None:
         super().__init__()
         self.paths, self.spec, self.size = list(paths), spec, size
         self.batch_size, self.seed = batch_size, seed
 
-    def _decode(self, sample: dict[str, Any], epoch: int, skipped: dict[str, int]) -> tuple | None:
-        key = str(sample.get("__key__", "")).rsplit("/", 1)[-1]
-        image = next((sample[k] for k in IMAGE_KEYS if sample.get(k)), None)
-        cap = next((sample[k] for k in CAPTION_KEYS if k in sample), None)
-        reason = None
-        if image is None:
-            reason = "missing_image"
-        elif cap is None:
-            reason = "missing_caption"
-        else:
+    def _decode(self, record: Sample | Rejection, epoch: int, skipped: dict[str, int]) -> tuple | None:
+        reason = str(record.reason) if isinstance(record, Rejection) else None
+        if isinstance(record, Sample):
             try:
-                caption = cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)
-            except UnicodeDecodeError:
-                reason = "non_utf8_caption"
-        if reason is None:
-            try:
-                img = decode_image(image, self.spec.max_pixels)
+                img = decode_image(record.image, self.spec.max_pixels, min_side=self.size)
             except ImageDecodeError as exc:
                 reason = str(exc.reason)
         if reason is not None:
             skipped[reason] = skipped.get(reason, 0) + 1
             return None
+        key = record.key.rsplit("/", 1)[-1]
         rng = _rng(self.seed, epoch, key)
         arr = prepare_image(img, self.size, self.spec.center_crop, self.spec.random_flip, rng)
-        if rng.random() < self.spec.caption_dropout:
-            caption = ""
+        caption = "" if rng.random() < self.spec.caption_dropout else record.caption
         return key, caption.strip(), arr
 
-    def _epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+    def _read(self, sources: Iterator[dict[str, str]]) -> Iterator[Sample | Rejection]:
+        """Every record of every shard in ``sources``; images are checked from their header only here,
+        since :meth:`_decode` decodes them anyway."""
+        for source in sources:
+            yield from read_shard_file(source["url"], self.spec.max_pixels, verify_images=False)
+
+    def _epoch(self, epoch: int) -> Iterator[Sample | Rejection]:
         urls = list(self.paths)
         _rng(self.seed, "shards", epoch).shuffle(urls)
         src = wds.split_by_worker(wds.split_by_node(iter([{"url": u} for u in urls])))
-        samples = wds.tarfile_to_samples(handler=self._corrupt_shard)(src)
+        records = self._read(src)
         if self.spec.shuffle_buffer > 1:
             rank, _, worker, _ = wds.utils.pytorch_worker_info()
             rng = _rng(self.seed, "buffer", epoch, rank, worker)
-            samples = wds.shuffle(self.spec.shuffle_buffer, min(100, self.spec.shuffle_buffer), rng=rng)(
-                samples
+            records = wds.shuffle(self.spec.shuffle_buffer, min(100, self.spec.shuffle_buffer), rng=rng)(
+                records
             )
-        return samples
-
-    def _corrupt_shard(self, exc: Exception) -> bool:
-        log.warning("skipping unreadable shard data: %s", exc)
-        self._skipped["unreadable_tar"] = self._skipped.get("unreadable_tar", 0) + 1
-        return True
+        return records
 
     def __iter__(self) -> Iterator[Batch]:
         self._skipped: dict[str, int] = {}
         epoch, buf = 0, []
         while True:
             n_valid = 0
-            for sample in self._epoch(epoch):
-                item = self._decode(sample, epoch, self._skipped)
+            for record in self._epoch(epoch):
+                item = self._decode(record, epoch, self._skipped)
                 if item is None:
                     continue
                 n_valid += 1
@@ -161,7 +153,7 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def make_loader(paths: list[str], spec: DataSpec, size: int, batch_size: int, seed: int,
+def make_loader(paths: list[str], spec: DataConfig, size: int, batch_size: int, seed: int,
                 world_size: int = 1) -> torch.utils.data.DataLoader:  # fmt: skip
     """A DataLoader over :class:`ShardStream` (batching happens in the stream; ``batch_size=None``)."""
     if len(paths) < world_size:
