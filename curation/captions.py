@@ -1,9 +1,17 @@
-"""Near-duplicate captions: normalization, shingles, MinHash signatures, LSH band keys (algorithms.md §10).
+"""Near-duplicate captions: shingles, MinHash signatures, LSH band keys, bucket edges, groups.
+
+Captions are compared on the word shingles of their canonical form
+(:mod:`copyguard.curation.caption_canon`: case, punctuation, whitespace, articles and stop words, tag order,
+product numbers and codes folded away), so meaning-preserving edits merge and a one-word content change in
+a short caption does not. MinHash (Broder, "On the resemblance and containment of documents", 1997)
+estimates the shingle Jaccard; LSH banding (Indyk & Motwani 1998; Leskovec, Rajaraman & Ullman, *Mining of
+Massive Datasets*, ch. 3) turns it into candidate buckets; candidates are verified with the exact Jaccard.
+``CaptionCanon(canonical=False)`` restores the plain scheme (normalized text, ``shingle_kind``/``shingle_n``).
 
 The Beam shell runs these per element: each caption emits ``(band, band_hash)`` keys from
 :func:`band_keys`; a GroupByKey on them gives candidate buckets; :func:`bucket_edges` turns a bucket into
 star edges to its smallest key (optionally verified with the exact shingle Jaccard); connected components
-(:func:`copyguard.curation.components.connected_components`) give the caption groups.
+(:func:`copyguard.curation.connected_components.connected_components`) give the caption groups.
 :func:`caption_groups` does all of it in memory for small inputs and tests.
 
 Signatures are identical across processes: datasketch hashes shingles with SHA-1 and draws its permutations
@@ -23,13 +31,15 @@ import numpy as np
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
-from copyguard.curation.components import connected_components
-from copyguard.curation.curate_config import MinHashConfig
+from copyguard.curation.caption_canon import CaptionCanon, canonical_shingles
+from copyguard.curation.config import MinHashConfig
+from copyguard.curation.connected_components import connected_components
 
 __all__ = [
     "band_keys",
     "bucket_edges",
     "caption_groups",
+    "caption_shingles",
     "exact_jaccard",
     "jaccard",
     "lsh_params",
@@ -78,7 +88,14 @@ def shingles(text: str, n: int = 5, kind: str = "char", normalize: bool = True) 
     raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
 
 
-def _cfg_shingles(text: str, cfg: MinHashConfig) -> set[bytes]:
+def caption_shingles(text: str, cfg: MinHashConfig, canon: CaptionCanon | None = None) -> set[bytes]:
+    """The shingles a caption is compared on: canonical word n-grams, or the plain scheme when disabled.
+
+    ``canon`` defaults to the switches ``cfg`` carries (:meth:`CaptionCanon.from_config`).
+    """
+    canon = canon or CaptionCanon.from_config(cfg)
+    if canon.canonical:
+        return canonical_shingles(text, canon)
     return shingles(text, cfg.shingle_n, cfg.shingle_kind)
 
 
@@ -88,18 +105,22 @@ def _template(num_perm: int, seed: int) -> MinHash:
     return MinHash(num_perm=num_perm, seed=seed)
 
 
-def minhash_signature(text: str, cfg: MinHashConfig | None = None) -> np.ndarray:
-    """MinHash signature (``uint64[num_perm]``) of the caption's shingles (datasketch, SHA-1 hashing)."""
+def minhash_signature(
+    text: str, cfg: MinHashConfig | None = None, canon: CaptionCanon | None = None
+) -> np.ndarray:
+    """MinHash signature (``uint64[num_perm]``) of :func:`caption_shingles` (datasketch, SHA-1 hashing)."""
     cfg = cfg or MinHashConfig()
     mh = _template(cfg.num_perm, cfg.seed).copy()
-    mh.update_batch(_cfg_shingles(text, cfg))
+    mh.update_batch(caption_shingles(text, cfg, canon))
     return np.asarray(mh.hashvalues, dtype=np.uint64)
 
 
-def minhash_signatures(texts: Iterable[str], cfg: MinHashConfig | None = None) -> np.ndarray:
+def minhash_signatures(
+    texts: Iterable[str], cfg: MinHashConfig | None = None, canon: CaptionCanon | None = None
+) -> np.ndarray:
     """Signatures of many captions, ``uint64[N, num_perm]``."""
     cfg = cfg or MinHashConfig()
-    rows = [minhash_signature(t, cfg) for t in texts]
+    rows = [minhash_signature(t, cfg, canon) for t in texts]
     if not rows:
         return np.zeros((0, cfg.num_perm), dtype=np.uint64)
     return np.stack(rows)
@@ -144,10 +165,12 @@ def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     return float(np.mean(a == b)) if a.size else 0.0
 
 
-def exact_jaccard(text_a: str, text_b: str, cfg: MinHashConfig | None = None) -> float:
+def exact_jaccard(
+    text_a: str, text_b: str, cfg: MinHashConfig | None = None, canon: CaptionCanon | None = None
+) -> float:
     """Exact Jaccard similarity of the two captions' shingle sets (1.0 for two empty sets)."""
     cfg = cfg or MinHashConfig()
-    return _set_jaccard(_cfg_shingles(text_a, cfg), _cfg_shingles(text_b, cfg))
+    return _set_jaccard(caption_shingles(text_a, cfg, canon), caption_shingles(text_b, cfg, canon))
 
 
 def _set_jaccard(a: set[bytes], b: set[bytes]) -> float:
@@ -179,7 +202,10 @@ def star_edges(bucket_keys: Iterable[str], max_bucket_size: int | None = None) -
 
 
 def bucket_edges(
-    members: Iterable[tuple[str, str]], cfg: MinHashConfig | None = None
+    members: Iterable[tuple[str, str]],
+    cfg: MinHashConfig | None = None,
+    canon: CaptionCanon | None = None,
+    memo: dict[str, set[bytes]] | None = None,
 ) -> list[tuple[str, str]]:
     """Candidate edges of one LSH bucket of ``(key, caption)`` pairs, verified when ``cfg.verify``.
 
@@ -188,7 +214,8 @@ def bucket_edges(
     first leader reaching ``verify_threshold``; a member matching none becomes a leader. This keeps a bucket
     that holds two different captions (an LSH false positive) apart at ``O(n * leaders)`` cost. Buckets over
     ``max_bucket_size`` are checked against the smallest key only (``O(n)``); members failing that check get
-    no edge from this bucket (the other bands still link them to true matches).
+    no edge from this bucket (the other bands still link them to true matches). ``memo`` (caption ->
+    shingles) lets a caller that sees a caption in many buckets shingle it once.
     """
     cfg = cfg or MinHashConfig()
     by_key = dict(sorted(dict(members).items()))
@@ -206,10 +233,15 @@ def bucket_edges(
             cfg.max_bucket_size,
             keys[0],
         )
-    leaders: list[tuple[str, set[bytes]]] = [(keys[0], _cfg_shingles(by_key[keys[0]], cfg))]
+    canon = canon or CaptionCanon.from_config(cfg)
+    shingle_of = memo if memo is not None else {}
+    for text in by_key.values():
+        if text not in shingle_of:
+            shingle_of[text] = caption_shingles(text, cfg, canon)
+    leaders: list[tuple[str, set[bytes]]] = [(keys[0], shingle_of[by_key[keys[0]]])]
     edges = []
     for key in keys[1:]:
-        sh = _cfg_shingles(by_key[key], cfg)
+        sh = shingle_of[by_key[key]]
         for leader, leader_sh in leaders:
             if _set_jaccard(sh, leader_sh) >= cfg.verify_threshold:
                 edges.append((key, leader))
@@ -221,7 +253,10 @@ def bucket_edges(
 
 
 def caption_groups(
-    keys: Sequence[Hashable], captions: Sequence[str], cfg: MinHashConfig | None = None
+    keys: Sequence[Hashable],
+    captions: Sequence[str],
+    cfg: MinHashConfig | None = None,
+    canon: CaptionCanon | None = None,
 ) -> dict[Hashable, Hashable]:
     """In-memory caption dedup: ``{key: group key}`` (the smallest key of its near-duplicate group).
 
@@ -233,10 +268,11 @@ def caption_groups(
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
     buckets: dict[tuple[int, bytes], list[tuple[Hashable, str]]] = {}
     for key, text in zip(keys, captions, strict=True):
-        for band_key in band_keys(minhash_signature(text, cfg), bands, rows):
+        for band_key in band_keys(minhash_signature(text, cfg, canon), bands, rows):
             buckets.setdefault(band_key, []).append((key, text))
     edges = []
+    memo: dict[str, set[bytes]] = {}
     for bucket in buckets.values():
         if len(bucket) > 1:
-            edges.extend(bucket_edges(bucket, cfg))
+            edges.extend(bucket_edges(bucket, cfg, canon, memo))
     return connected_components(keys, edges)

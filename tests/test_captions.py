@@ -1,4 +1,4 @@
-"""Caption dedup core: normalization, shingles, MinHash, LSH bands, bucket edges (algorithms.md §10)."""
+"""Caption dedup core: canonical form, shingles, MinHash, LSH bands, bucket edges (Broder, 1997)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,22 @@ import logging
 import subprocess
 import sys
 
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that
 from datasketch import MinHashLSH
 
+from copyguard.curation.caption_canon import (
+    CODE,
+    CaptionCanon,
+    canonical_caption,
+    canonical_shingles,
+    canonical_tokens,
+    content_words,
+)
 from copyguard.curation.captions import (
     band_keys,
     bucket_edges,
@@ -23,10 +35,168 @@ from copyguard.curation.captions import (
     shingles,
     star_edges,
 )
-from copyguard.curation.components import connected_components
-from copyguard.curation.curate_config import MinHashConfig
+from copyguard.curation.config import MinHashConfig
+from copyguard.curation.connected_components import connected_components
+from copyguard.pipelines.lab.caption_pairs import MERGE_EDITS, SPLIT_EDITS, caption_pair_set
+from copyguard.pipelines.lab.sample_captions import load_caption_pool
+from copyguard.pipelines.transforms import CaptionComponents, EmbeddedSample
 
 CFG = MinHashConfig()
+
+# Meaning-preserving edits: case, punctuation, whitespace, articles, stop words, tag order, product numbers
+# and codes. Each pair must land in one caption group.
+MUST_MERGE = [
+    ("A photo of a red car", "a PHOTO of a red car!!"),
+    ("a red car parked by the sea", "  red car,  parked by\tsea. "),
+    ("The old lighthouse at dawn", "An old lighthouse at dawn"),
+    ("A cat is sleeping on the sofa", "cat sleeping on a sofa"),
+    ("A cat sleeping on the sofa", "A cat sleeping in the sofa"),
+    ("sunset, beach, palm trees, ocean", "ocean | palm trees | sunset | beach"),
+    ("#sunset #beach #travel", "#travel #sunset #beach"),
+    (
+        "Shaw Floors Caress Quiet Comfort Deep Indigo 00424_CCB96",
+        "Shaw Floors Caress Quiet Comfort Deep Indigo 00724_CCS68",
+    ),
+    ("Men's cotton T-shirt, size 10 - SKU 48213", "Mens cotton T-shirt, size 12 - SKU 99120"),
+    ("Canvas print 30x40 cm - mountain lake", "Canvas print 50x70 cm - mountain lake"),
+    ("Vintage tin poster $19.99", "vintage tin poster $24.50"),
+    ("Ｆｕｌｌ－ｗｉｄｔｈ ﬁne art print", "full width fine art print"),
+]
+# Captions that say different things, all short (a one-word change is a different caption), and counts:
+# a bare one- or two-digit number outside a product context is a count, "2 dogs" is not "3 dogs".
+MUST_NOT_MERGE = [
+    ("a photo of a red car", "a photo of a red cat"),
+    ("a red car parked by the sea", "a blue car parked by the sea"),
+    ("2 dogs on a sofa", "3 dogs on a sofa"),
+    ("two dogs on a sofa", "three dogs on a sofa"),
+    ("a man with a hat", "a man without a hat"),
+    ("a cat on the table", "a cat under the table"),
+    ("a photo of a dog", "a photo of a dog toy"),
+    ("Portrait of an old fisherman", "Portrait of an old farmer"),
+    ("a red car parked on a quiet street", "a blue car parked on a quiet street"),
+    ("image", "photo"),
+    ("!!!", "???"),
+]
+
+
+def _same_group(a: str, b: str, cfg: MinHashConfig = CFG, canon: CaptionCanon | None = None) -> bool:
+    groups = caption_groups(["a", "b"], [a, b], cfg, canon)
+    return groups["a"] == groups["b"]
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_MERGE)
+def test_must_merge_through_minhash_lsh(a: str, b: str) -> None:
+    assert canonical_caption(a) == canonical_caption(b)
+    assert _same_group(a, b)
+
+
+@pytest.mark.parametrize(("a", "b"), MUST_NOT_MERGE)
+def test_must_not_merge_through_minhash_lsh(a: str, b: str) -> None:
+    assert not _same_group(a, b)
+    if max(len(canonical_tokens(a)), len(canonical_tokens(b))) <= CaptionCanon().exact_max_words:
+        # Short captions do not even become LSH candidates: their single shingles differ.
+        assert not _same_group(a, b, CFG.model_copy(update={"verify": False}))
+
+
+def test_old_character_shingles_merged_different_captions() -> None:
+    """The plain scheme (character 5-grams) is what issue 13 reported: red car = red cat, tags apart."""
+    legacy = CaptionCanon(canonical=False)
+    assert exact_jaccard("a photo of a red car", "a photo of a red cat", CFG, legacy) > 0.85
+    assert _same_group("a photo of a red car", "a photo of a red cat", CFG, legacy)
+    assert not _same_group("#sunset #beach #travel", "#travel #sunset #beach", CFG, legacy)
+
+
+def test_canonical_form_rules() -> None:
+    assert canonical_caption("  The Dog's bowl,  on a TABLE!! ") == "dogs bowl table"
+    assert canonical_caption("2 dogs on a sofa") == "2 dogs sofa"  # a count stays
+    assert canonical_caption("the 3rd place") == "3rd place"  # an ordinal stays
+    # Product numbers and codes become one placeholder; "_" and "-" split slugs into words first.
+    assert canonical_caption("Mug 19.99, 1,000 pcs, 30x40 cm, size 10, item 48213") == (
+        f"{CODE} cm | {CODE} pcs | item {CODE} | mug {CODE} | size {CODE}"
+    )
+    assert canonical_caption("mass_effect_3_admiral.jpg") == "mass effect 3 admiral jpg"
+    # A sentence with a comma or two is not a tag list; three short parts are.
+    assert canonical_caption("a man, riding a horse") == "man riding horse"
+    assert canonical_caption("snow, nature, winter") == "nature | snow | winter"
+    assert canonical_caption("it is") == "it is"  # nothing but stop words: the plain words
+    off = CaptionCanon(drop_stopwords=False, sort_tags=False, mask_codes=False)
+    assert canonical_caption("snow, a cat, SKU 48213", off) == "snow a cat sku 48213"
+
+
+def test_short_captions_need_equal_canonical_forms() -> None:
+    # Up to exact_max_words canonical words: one shingle, the whole form.
+    assert canonical_shingles("a photo of a red car") == {b"=photo red car"}
+    assert exact_jaccard("a photo of a red car", "A photo of the red car.", CFG) == 1.0
+    assert exact_jaccard("a photo of a red car", "a photo of a red cat", CFG) == 0.0
+    # Longer: words and bigrams with boundary markers; a replaced word costs the same anywhere.
+    base = "red car parked near quiet beach"
+    assert b"^ red" in canonical_shingles(base) and b"beach $" in canonical_shingles(base)
+    first = exact_jaccard(base, "blue car parked near quiet beach", CFG)
+    middle = exact_jaccard(base, "red car parked near busy beach", CFG)
+    assert first == middle == pytest.approx(10 / 16)
+    five = exact_jaccard("red car parked near beach", "blue car parked near beach", CFG)
+    assert five == pytest.approx(8 / 14) and five < CFG.verify_threshold
+
+
+def test_content_words_measure_informativeness() -> None:
+    assert content_words("a photo") == 0
+    assert content_words("Untitled") == 0
+    assert content_words("IMG_0042.jpg") == 0
+    assert content_words("!!!") == 0
+    assert content_words("A photo of a red car") == 2
+    assert content_words("Shaw Floors Caress Quiet Comfort Deep Indigo 00424_CCB96") == 7
+
+
+def test_canon_switches_from_config_attributes() -> None:
+    class WithKeys:
+        def __init__(self) -> None:
+            self.canonical = False
+            self.exact_max_words = 2
+
+    assert CaptionCanon.from_config(CFG) == CaptionCanon()
+    assert CaptionCanon.from_config(WithKeys()) == CaptionCanon(canonical=False, exact_max_words=2)
+    with pytest.raises(ValueError, match="word_ngrams"):
+        CaptionCanon(word_ngrams=0)
+
+
+def test_beam_caption_components_use_the_canonical_form() -> None:
+    """The job's distributed path (band keys, GroupByKey, verified bucket edges, components)."""
+    texts = {}
+    for i, (a, b) in enumerate(MUST_MERGE):
+        texts[f"m{i:02d}a"], texts[f"m{i:02d}b"] = a, b
+    for i, (a, b) in enumerate(MUST_NOT_MERGE):
+        texts[f"n{i:02d}a"], texts[f"n{i:02d}b"] = a, b
+
+    def check(rows: list[tuple[str, str]]) -> None:
+        group = dict(rows)
+        for key in texts:
+            group.setdefault(key, key)
+        for i in range(len(MUST_MERGE)):
+            assert group[f"m{i:02d}a"] == group[f"m{i:02d}b"], MUST_MERGE[i]
+        for i in range(len(MUST_NOT_MERGE)):
+            assert group[f"n{i:02d}a"] != group[f"n{i:02d}b"], MUST_NOT_MERGE[i]
+
+    with BeamTestPipeline(runner=FnApiRunner()) as p:
+        lights = p | beam.Create(
+            [EmbeddedSample(k, "s", t, 8, 8, np.zeros(4, np.float32)) for k, t in sorted(texts.items())]
+        )
+        assert_that(lights | CaptionComponents(CFG), check)
+
+
+def test_caption_pair_set_is_seeded_and_labelled_right() -> None:
+    pool = load_caption_pool()
+    pairs = caption_pair_set(40, seed=3, pool=pool)
+    assert pairs == caption_pair_set(40, seed=3, pool=pool)
+    assert pairs != caption_pair_set(40, seed=4, pool=pool)
+    merge = [q for q in pairs if q.duplicate]
+    split = [q for q in pairs if not q.duplicate]
+    assert len(merge) == 40 and len(split) == 40
+    assert {q.edit for q in merge} == set(MERGE_EDITS)
+    assert {q.edit for q in split} <= set(SPLIT_EDITS) and len({q.edit for q in split}) >= 3
+    real = set(pool.coco) | set(pool.laion) | set(pool.memorized) | set(pool.templates)
+    assert all(q.a in real for q in merge if q.edit not in ("tags", "code"))
+    wrong = [q for q in pairs if _same_group(q.a, q.b) != q.duplicate]
+    assert wrong == []
 
 
 def test_normalize_caption() -> None:
