@@ -1,8 +1,9 @@
-"""Image embedders for copy detection: the SSCD descriptor (algorithms.md §9) behind one protocol.
+"""Image embedders for copy detection: the SSCD descriptor (Pizzi et al., CVPR 2022) behind one protocol.
 
 An :class:`ImageEmbedder` maps uint8 HWC RGB arrays of any size to float32 ``[N, dim]`` L2-normalized rows,
-so the cosine of two images is the dot product of their rows. Every embedder resizes each image to
-``input_size`` x ``input_size`` first (PIL bicubic, antialiased when shrinking; the aspect ratio is not
+so the cosine of two images is the dot product of their rows. Every embedder first trims uniform border
+bars (padding, letterbox bars: :func:`copyguard.curation.images.trim_uniform_border`; ``trim_borders``),
+then resizes each image to ``input_size`` x ``input_size`` (PIL bicubic, antialiased when shrinking; the aspect ratio is not
 kept: SSCD's "320x320, batches better" option of §9), then runs its model.
 
 Kinds (:func:`load_embedder`):
@@ -34,10 +35,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from PIL import Image
 
-from copyguard.curation.errors import UsageError
-from copyguard.curation.images import DEFAULT_MAX_PIXELS, decode_image
+from copyguard.common.errors import UsageError
+from copyguard.curation.images import DEFAULT_MAX_PIXELS, decode_image, resize_batch
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
@@ -92,36 +92,6 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
-def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise UsageError(f"image {index}: expected a uint8 array, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    elif arr.ndim == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise UsageError(f"image {index}: expected an HxWx3 RGB array, got shape {tuple(np.shape(image))}")
-    return arr
-
-
-def resize_batch(images: Sequence[np.ndarray], size: int, start: int = 0) -> np.ndarray:
-    """Stack images into uint8 ``[N, size, size, 3]`` (PIL bicubic, antialiased when shrinking).
-
-    Grayscale (HxW, HxWx1) is repeated to RGB and an alpha channel dropped; anything else that is not a
-    uint8 HxWx3 array raises :class:`UsageError` (``start`` offsets the index in that message).
-    """
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        arr = _as_rgb(image, start + i)
-        if arr.shape[:2] != (size, size):
-            arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
-        out[i] = arr
-    return out
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -148,6 +118,7 @@ class BaseEmbedder:
     input_size: int
     preprocessing: dict[str, Any]
     path: Path
+    trim_borders: bool = True
     _model: Any = None
     _dim: int | None = None
     _sha256: str | None = None
@@ -180,7 +151,7 @@ class BaseEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         parts = []
         for start in range(0, n, _CHUNK):
-            batch = resize_batch(images[start : start + _CHUNK], self.input_size, start)
+            batch = resize_batch(images[start : start + _CHUNK], self.input_size, start, self.trim_borders)
             parts.append(l2_normalize(self._forward(batch)))
         return np.concatenate(parts, axis=0)
 
@@ -189,8 +160,15 @@ class BaseEmbedder:
 
         Decoding uses :func:`copyguard.curation.images.decode_image`, so an oversized or corrupt image raises
         its ``ImageDecodeError`` (with the reject reason); callers embed only samples that already decoded.
+        Images are decoded pre-shrunk towards ``input_size`` (``min_side``), one chunk at a time, so a huge
+        image never becomes a full-size RGB array and a long input never holds all its decodes at once.
         """
-        return self.embed([np.asarray(decode_image(blob, max_pixels)) for blob in blobs])
+        parts = [np.zeros((0, self.dim), dtype=np.float32)]
+        for start in range(0, len(blobs), _CHUNK):
+            chunk = blobs[start : start + _CHUNK]
+            arrays = [np.asarray(decode_image(b, max_pixels, min_side=self.input_size)) for b in chunk]
+            parts.append(self.embed(arrays))
+        return np.concatenate(parts, axis=0)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -228,13 +206,16 @@ class OnnxEmbedder(BaseEmbedder):
         input_size: int = DEFAULT_INPUT_SIZE,
         threads: int | None = None,
         device: str = "cpu",
+        trim_borders: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.trim_borders = bool(trim_borders)
         self.name = name
         self.input_size = int(input_size)
         self.threads = int(threads) if threads else None  # None: every core of the machine it runs on
         self.device = device
         self.preprocessing = {
+            "border": "uniform border bars trimmed" if self.trim_borders else "kept",
             "resize": f"PIL bicubic (antialiased) to {self.input_size}x{self.input_size}, aspect not kept",
             "input": "uint8 NHWC RGB",
             "normalization": "inside the ONNX graph (ImageNet mean/std)",
@@ -303,14 +284,17 @@ class TorchScriptEmbedder(BaseEmbedder):
         input_size: int = DEFAULT_INPUT_SIZE,
         threads: int | None = None,
         device: str = "cpu",
+        trim_borders: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.trim_borders = bool(trim_borders)
         stem = self.path.name.split(".")[0]
         self.name = f"torchscript:{stem}"
         self.input_size = int(input_size)
         self.threads = threads
         self.device = device
         self.preprocessing = {
+            "border": "uniform border bars trimmed" if self.trim_borders else "kept",
             "resize": f"PIL bicubic (antialiased) to {self.input_size}x{self.input_size}, aspect not kept",
             "input": "float32 NCHW RGB in [0, 1]",
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
@@ -371,11 +355,13 @@ def load_embedder(
     input_size: int = DEFAULT_INPUT_SIZE,
     threads: int | None = None,
     device: str = "cpu",
+    trim_borders: bool = True,
 ) -> ImageEmbedder:
     """Build the embedder of ``kind`` (see the module docstring); its model loads on first use.
 
     ``path`` overrides the packaged ONNX file for the ONNX kinds and is required for ``torchscript``
-    (which is loaded here once, to fail early on a bad file and read its output width).
+    (which is loaded here once, to fail early on a bad file and read its output width). ``trim_borders``
+    (default on) removes uniform border bars before the resize (padding, letterboxes; docs/curation.md).
     """
     if kind not in EMBEDDER_KINDS:
         raise UsageError(f"unknown embedder kind {kind!r}; choose one of {', '.join(EMBEDDER_KINDS)}")
@@ -386,7 +372,7 @@ def load_embedder(
             raise UsageError("the torchscript embedder needs a path to an SSCD .torchscript.pt file")
         if not Path(path).is_file():
             raise UsageError(f"TorchScript model not found: {path}")
-        embedder = TorchScriptEmbedder(path, input_size, threads, device)
+        embedder = TorchScriptEmbedder(path, input_size, threads, device, trim_borders)
         _ = embedder.dim  # loads and probes once
         return embedder
     if path is None:
@@ -395,7 +381,7 @@ def load_embedder(
         raise UsageError(f"ONNX model not found: {path}")
     else:
         model_path = Path(path)
-    return OnnxEmbedder(model_path, kind, input_size, threads, device)
+    return OnnxEmbedder(model_path, kind, input_size, threads, device, trim_borders)
 
 
 def embedder_info(embedder: ImageEmbedder) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Dedup quality against a ground truth: pairwise precision / recall / F1 and ARI (algorithms.md §12).
+"""Dedup quality against a ground truth: pairwise precision / recall / F1 and ARI (copyguard's evaluation protocol).
 
-A clustering is scored on pairs of samples: a pair is positive when both samples share a group. Counts come
+A clustering is scored on pairs of samples (per planted kind too, e.g. per image edit family of
+``sample-data --preset hard``; planted caption pairs also give the must-not-merge false-merge count): a pair is positive when both samples share a group. Counts come
 from the contingency table (``sum C(n, 2)`` over its cells and margins), never from enumerating pairs, so a
 million samples cost one pass. :func:`evaluate_manifest` is what ``copyguard eval-dedup`` prints.
 """
@@ -14,9 +15,10 @@ from typing import Any
 
 from sklearn.metrics import adjusted_rand_score
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
+from copyguard.common.fmt import text_table
 
-__all__ = ["evaluate_manifest", "format_report", "kind_breakdown", "pairwise_scores"]
+__all__ = ["caption_pair_scores", "evaluate_manifest", "format_report", "kind_breakdown", "pairwise_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,40 @@ def kind_breakdown(
     return out
 
 
+def caption_pair_scores(
+    manifest: Mapping[str, Mapping[str, Any]], truth: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """Planted caption pairs (ground-truth rows with ``pair``, e.g. ``sample-data --preset hard``): how many
+    must-merge pairs share a predicted caption group and how many must-not-merge pairs do (false merges).
+
+    A pair is must-merge when both rows share a true ``caption_group``. Pairs with a member the manifest
+    lacks or rejected are skipped. ``None`` when the ground truth plants no pairs.
+    """
+    counts = Counter()
+    for key, row in truth.items():
+        other = row.get("pair")
+        if other is None or str(other) <= key or str(other) not in truth:
+            continue
+        a, b = manifest.get(key), manifest.get(str(other))
+        if not a or not b or a.get("status") not in _DEDUP_STATUSES or b.get("status") not in _DEDUP_STATUSES:
+            continue
+        together = a["caption_group"] == b["caption_group"]
+        if row["caption_group"] == truth[str(other)]["caption_group"]:
+            counts["must_merge"] += 1
+            counts["merged"] += int(together)
+        else:
+            counts["must_not_merge"] += 1
+            counts["false_merges"] += int(together)
+    if not counts:
+        return None
+    out: dict[str, Any] = {k: counts[k] for k in ("must_merge", "merged", "must_not_merge", "false_merges")}
+    out["merge_recall"] = counts["merged"] / counts["must_merge"] if counts["must_merge"] else None
+    out["false_merge_rate"] = (
+        counts["false_merges"] / counts["must_not_merge"] if counts["must_not_merge"] else None
+    )
+    return out
+
+
 def _rows_by_key(rows: Iterable[Mapping[str, Any]], name: str) -> dict[str, Mapping[str, Any]]:
     out: dict[str, Mapping[str, Any]] = {}
     for row in rows:
@@ -190,38 +226,48 @@ def evaluate_manifest(
         if any(kinds):
             section["by_kind"] = kind_breakdown(scored, pred, true, kinds)
         report[name] = section
+    pairs = caption_pair_scores(manifest, truth)
+    if pairs is not None:
+        report["caption_pairs"] = pairs
     return report
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def format_report(report: Mapping[str, Any]) -> str:
     """A plain-text table of :func:`evaluate_manifest`'s report (what ``eval-dedup`` prints)."""
     lines = [
         f"samples scored: {report['samples']} of {report['truth_rows']} in the ground truth "
-        f"(rejected: {sum(report['rejected'].values())}, missing from manifest: {report['missing_from_manifest']})",
-        f"{'':10}{'precision':>10}{'recall':>9}{'f1':>8}{'ari':>8}{'true pairs':>12}{'pred pairs':>12}",
+        f"(rejected: {sum(report['rejected'].values())}, missing from manifest: {report['missing_from_manifest']})"
     ]
-    for name in ("captions", "images", "joint"):
-        s = report[name]
+    lines += text_table(
+        ["", "precision", "recall", "f1", "ari", "true pairs", "pred pairs"],
+        [
+            [
+                name,
+                *(report[name][k] for k in ("precision", "recall", "f1", "ari", "true_pairs", "pred_pairs")),
+            ]
+            for name in ("captions", "images", "joint")
+        ],
+        widths=(10, 10, 9, 8, 8, 12, 12),
+    )
+    pairs = report.get("caption_pairs")
+    if pairs:
         lines.append(
-            f"{name:10}{s['precision']:>10.3f}{s['recall']:>9.3f}{s['f1']:>8.3f}{s['ari']:>8.3f}"
-            f"{s['true_pairs']:>12}{s['pred_pairs']:>12}"
+            f"caption pairs: {pairs['merged']} of {pairs['must_merge']} must-merge merged, "
+            f"{pairs['false_merges']} of {pairs['must_not_merge']} must-not-merge falsely merged"
         )
     kinds = sorted(set(report["images"].get("by_kind", {})) | set(report["captions"].get("by_kind", {})))
     if kinds:
-        lines.append("")
-        lines.append(
-            f"{'kind':22}{'n':>6}{'img recall':>12}{'cap recall':>12}{'img merge':>11}{'cap merge':>11}"
-        )
+        rows = []
         for kind in kinds:
             img = report["images"]["by_kind"].get(kind, {})
             cap = report["captions"]["by_kind"].get(kind, {})
             n = img.get("samples", cap.get("samples", 0))
-            lines.append(
-                f"{kind or '(none)':22}{n:>6}{_fmt(img.get('recall')):>12}{_fmt(cap.get('recall')):>12}"
-                f"{_fmt(img.get('false_merge')):>11}{_fmt(cap.get('false_merge')):>11}"
-            )
+            rows.append([kind or "(none)", n, img.get("recall"), cap.get("recall"), img.get("false_merge"),
+                         cap.get("false_merge")])  # fmt: skip
+        lines.append("")
+        lines += text_table(
+            ["kind", "n", "img recall", "cap recall", "img merge", "cap merge"],
+            rows,
+            widths=(22, 6, 12, 12, 11, 11),
+        )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Image embedders: the packaged SSCD ONNX models and the TorchScript path (algorithms.md §9)."""
+"""Image embedders: the packaged SSCD ONNX models and the TorchScript path (Pizzi et al., CVPR 2022)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from copyguard.common.errors import UsageError
 from copyguard.curation import embedders as emb
 from copyguard.curation.embedders import (
     IMAGENET_MEAN,
@@ -22,7 +23,6 @@ from copyguard.curation.embedders import (
     embedder_info,
     load_embedder,
 )
-from copyguard.curation.errors import UsageError
 from copyguard.curation.images import ImageDecodeError
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -227,3 +227,36 @@ def test_default_threads_resolve_where_the_session_is_built() -> None:
     embedder = load_embedder("sscd-distilled-onnx")
     assert embedder.threads is None  # pickled as None: a Beam worker uses its own cores
     assert pickle.loads(pickle.dumps(embedder)).embed([data.coffee()]).shape == (1, 512)
+
+
+def test_uniform_borders_are_trimmed_before_embedding(sscd) -> None:
+    from copyguard.curation.images import trim_uniform_border
+
+    photo = _small(data.coffee(), 128)
+    padded = np.full((200, 160, 3), (20, 200, 40), np.uint8)  # an uneven solid border, like a letterbox
+    padded[40:168, 12:140] = photo
+    trimmed = trim_uniform_border(Image.fromarray(padded))
+    assert abs(trimmed.size[0] - 128) <= 3 and abs(trimmed.size[1] - 128) <= 3
+    same = trim_uniform_border(Image.fromarray(photo))
+    assert same.size == (128, 128)  # a photo without border keeps every line
+    plain = load_embedder("sscd-onnx", threads=2, trim_borders=False)
+    assert plain.preprocessing["border"] == "kept"
+    assert sscd.preprocessing["border"] == "uniform border bars trimmed"
+    with_trim = float((sscd.embed([photo]) * sscd.embed([padded])).sum())
+    without = float((plain.embed([photo]) * plain.embed([padded])).sum())
+    assert with_trim > 0.9 > without + 0.1
+
+
+def test_embed_bytes_never_decodes_a_huge_image_at_full_size(sscd, monkeypatch) -> None:
+    buf = io.BytesIO()
+    Image.new("1", (4000, 4000), 1).save(buf, format="PNG")
+    seen = []
+    original = type(sscd).embed
+
+    def spy(self, images):
+        seen.extend(np.asarray(i).shape for i in images)
+        return original(self, images)
+
+    monkeypatch.setattr(type(sscd), "embed", spy)
+    assert sscd.embed_bytes([buf.getvalue()]).shape == (1, 512)
+    assert max(seen[0][:2]) < 4000 // 2  # pre-shrunk while decoding (min_side)

@@ -119,3 +119,32 @@ def test_format_report_table() -> None:
         line.startswith("images") and "0.500" in line and "0.400" in line for line in text.splitlines()
     )
     assert any(line.startswith("crop") and "0.000" in line for line in text.splitlines())
+
+
+def test_caption_pairs_count_must_merge_and_false_merges() -> None:
+    from copyguard.curation.evaluate import caption_pair_scores, evaluate_manifest, format_report
+
+    truth = [
+        {"key": "a", "image_group": "a", "caption_group": "a", "kind": "caption_merge_case", "pair": "b"},
+        {"key": "b", "image_group": "b", "caption_group": "a", "kind": "caption_merge_case", "pair": "a"},
+        {"key": "c", "image_group": "c", "caption_group": "c", "kind": "caption_split_noun", "pair": "d"},
+        {"key": "d", "image_group": "d", "caption_group": "d", "kind": "caption_split_noun", "pair": "c"},
+        {"key": "e", "image_group": "e", "caption_group": "e", "kind": "caption_split_count", "pair": "f"},
+        {"key": "f", "image_group": "f", "caption_group": "f", "kind": "caption_split_count", "pair": "e"},
+    ]
+    groups = {"a": "a", "b": "a", "c": "c", "d": "c", "e": "e", "f": "f"}  # c, d falsely merged
+    manifest = [
+        {"key": k, "status": "kept", "reason": None, "image_group": k, "caption_group": g,
+         "representative": None}
+        for k, g in groups.items()
+    ]  # fmt: skip
+    report = evaluate_manifest(manifest, truth)
+    assert report["caption_pairs"] == {
+        "must_merge": 1, "merged": 1, "must_not_merge": 2, "false_merges": 1,
+        "merge_recall": 1.0, "false_merge_rate": 0.5,
+    }  # fmt: skip
+    assert "1 of 2 must-not-merge falsely merged" in format_report(report)
+    assert (
+        caption_pair_scores({r["key"]: r for r in manifest}, {r["key"]: dict(r, pair=None) for r in truth})
+        is None
+    )
