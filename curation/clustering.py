@@ -1,4 +1,4 @@
-"""Near-duplicate images: a FAISS similarity graph and chaining-safe clustering (algorithms.md §11).
+"""Near-duplicate images: a FAISS similarity graph and chaining-safe clustering (Pizzi et al., CVPR 2022; Johnson et al., 2019).
 
 Embeddings are L2-normalized float32 rows, so cosine = inner product.
 
@@ -30,9 +30,9 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from copyguard.curation.components import group_ids
-from copyguard.curation.curate_config import ImagesConfig
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
+from copyguard.curation.config import ImagesConfig
+from copyguard.curation.connected_components import group_ids
 
 __all__ = [
     "cluster_components",

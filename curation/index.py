@@ -1,4 +1,4 @@
-"""The training-set index: FAISS over the SSCD embeddings of the kept training images (algorithms.md §6.1, §7).
+"""The training-set index: FAISS over the SSCD embeddings of the kept training images (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023).
 
 The curation job writes ``OUT/index/``; mitigation (AMG's nearest training image n_0 and duplicated caption
 y_N, §6.1-6.2) and the audit (memorization metrics, §7) read it back. Row ``i`` of the FAISS index is row
@@ -10,7 +10,8 @@ Files (all written atomically; ``index.json`` last, listing the others with thei
     vectors.faiss    faiss.serialize_index: IndexFlatIP (exact) or IVF-Flat, inner product on unit vectors
     entries.parquet  key, caption, caption_group, image_group, caption_group_size, image_group_size,
                      dup_caption, dup_caption_count (see IndexEntry)
-    minhash.npy      optional uint64 [N, num_perm] MinHash signatures of the kept captions (incremental runs)
+    minhash.npy      optional uint64 [N, num_perm] MinHash signatures given to build() (the curation job
+                     writes none: its sharded index, index_shards.py, re-bands captions from their text)
     index.json       format/version, counts, embedder (name, dim, input_size, preprocessing, weights), faiss
                      settings, MinHash parameters, file checksums
 
@@ -22,7 +23,7 @@ API::
     res = idx.nearest(queries, k=1)                # NearestResult(keys, similarities, indices, caption_groups)
     idx.duplicated_caption(key_or_row, min_count)  # y_N of §6.2, or None
     idx.embedding(key); idx.reconstruct(rows); idx.vectors(); idx.entry(key_or_row); idx.row(key)
-    idx.merge(other)                               # union for incremental runs (keys must not collide)
+    idx.merge(other)                               # union of two indexes (keys must not collide)
     len(idx); idx.keys; idx.captions; idx.minhash; idx.info
 
 ``kind="flat"`` is exact and fine up to ~1e5-1e6 vectors (§11); ``kind="ivf"`` (IVF-Flat, ``nlist`` ~
@@ -33,14 +34,13 @@ list is missed. IVF bytes are deterministic for the same data, faiss version and
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any, Literal
 
 import faiss
@@ -48,110 +48,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from copyguard.curation.embedders import ImageEmbedder, embedder_info, l2_normalize
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import FileOps, LocalFileOps, atomic_write
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import FileOps, LocalFileOps, atomic_write
+from copyguard.curation.embedders import ImageEmbedder, l2_normalize
+from copyguard.curation.index_format import (
+    _SCHEMA,
+    ENTRIES_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    INFO_FILE,
+    MINHASH_FILE,
+    SHARDED_FORMAT,
+    VECTORS_FILE,
+    IndexEntry,
+    NearestResult,
+    _embedder_dict,
+    _npy_bytes,
+    _sha256,
+    _table_bytes,
+    _to_entry,
+)
 
 __all__ = ["FORMAT_VERSION", "IndexEntry", "NearestResult", "TrainingIndex"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "copyguard-training-index"
-FORMAT_VERSION = 1
-VECTORS_FILE, ENTRIES_FILE, MINHASH_FILE, INFO_FILE = (
-    "vectors.faiss",
-    "entries.parquet",
-    "minhash.npy",
-    "index.json",
-)
-_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("caption", pa.string()),
-        ("caption_group", pa.string()),
-        ("image_group", pa.string()),
-        ("caption_group_size", pa.int64()),
-        ("image_group_size", pa.int64()),
-        ("dup_caption", pa.string()),
-        ("dup_caption_count", pa.int64()),
-    ]
-)
-
-
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    """One kept training sample, row-aligned with its vector.
-
-    Groups are curation's cluster ids (any string; empty means a singleton named by the key) and sizes count
-    *all* input samples of the group, dropped ones included. ``dup_caption``/``dup_caption_count``, when the
-    curation job fills them, are the exact y_N candidate of §6.2: the most common caption group among all
-    members of this row's image group (one caption of it) and how many members carry it.
-    """
-
-    key: str
-    caption: str
-    caption_group: str = ""
-    image_group: str = ""
-    caption_group_size: int = 1
-    image_group_size: int = 1
-    dup_caption: str | None = None
-    dup_caption_count: int = 0
-
-
-@dataclass(frozen=True)
-class NearestResult:
-    """``[Q, k]`` arrays, best first. Where fewer than k rows exist (IVF), keys are None and sims -inf."""
-
-    keys: np.ndarray
-    similarities: np.ndarray
-    indices: np.ndarray
-    caption_groups: np.ndarray
-
-
-def _to_entry(item: IndexEntry | Mapping[str, Any], i: int) -> IndexEntry:
-    if not isinstance(item, IndexEntry):
-        try:
-            item = IndexEntry(**item)
-        except TypeError as exc:
-            raise UsageError(f"index entry {i}: {exc}") from None
-    if not isinstance(item.key, str) or not item.key:
-        raise UsageError(f"index entry {i}: key must be a non-empty string, got {item.key!r}")
-    if item.caption_group_size < 1 or item.image_group_size < 1 or item.dup_caption_count < 0:
-        raise UsageError(f"index entry {item.key!r}: group sizes must be >= 1 and counts >= 0")
-    return IndexEntry(
-        key=item.key,
-        caption=str(item.caption),
-        caption_group=str(item.caption_group) or item.key,
-        image_group=str(item.image_group) or item.key,
-        caption_group_size=int(item.caption_group_size),
-        image_group_size=int(item.image_group_size),
-        dup_caption=item.dup_caption,
-        dup_caption_count=int(item.dup_caption_count),
-    )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _embedder_dict(embedder: ImageEmbedder | Mapping[str, Any]) -> dict[str, Any]:
-    info = dict(embedder) if isinstance(embedder, Mapping) else embedder_info(embedder)
-    missing = {"name", "dim", "input_size"} - set(info)
-    if missing:
-        raise UsageError(f"embedder info lacks {', '.join(sorted(missing))}")
-    return info
-
-
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    sink = io.BytesIO()
-    np.save(sink, array, allow_pickle=False)
-    return sink.getvalue()
 
 
 class TrainingIndex:
@@ -294,7 +214,10 @@ class TrainingIndex:
 
     @classmethod
     def load(cls, directory: str, fs: FileOps | None = None) -> TrainingIndex:
-        """Read an index written by :meth:`save`; checks format, version, checksums and counts."""
+        """Read an index written by :meth:`save`; checks format, version, checksums and counts.
+
+        A sharded index (the curation job's ``OUT/index``: one index per partition) loads as a
+        :class:`~copyguard.curation.index_shards.ShardedIndex`, which answers the same queries."""
         fs = fs or LocalFileOps()
         info_path = fs.join(directory, INFO_FILE)
         if not fs.exists(info_path):
@@ -303,6 +226,10 @@ class TrainingIndex:
             info = json.loads(cls._read(fs, info_path).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"training index {info_path} is corrupt: {exc}") from None
+        if isinstance(info, dict) and info.get("format") == SHARDED_FORMAT:
+            from copyguard.curation.index_shards import ShardedIndex
+
+            return ShardedIndex.load(directory, fs=fs)  # the curation job's layout: one shard per partition
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise UsageError(f"{info_path} is not a copyguard training index")
         version = info.get("format_version")
@@ -506,7 +433,8 @@ class TrainingIndex:
             )
 
     def merge(self, other: TrainingIndex) -> TrainingIndex:
-        """A new index holding both (rows sorted by key); for ``--reference`` incremental runs.
+        """A new index holding both (rows sorted by key). (The curation job's incremental runs update its
+        sharded index partition by partition instead, see :mod:`copyguard.curation.index_shards`.)
 
         Keys must not collide and embedders must match. A flat result equals :meth:`build` on the union; an
         IVF result keeps this index's trained lists (no retraining) and adds every vector again.

@@ -1,7 +1,11 @@
-"""The global and per-shard steps of the curation job (plain functions and DoFns used by curate.py).
+"""The per-sample, per-component and per-shard steps of the curation job (used by curate_graph.py).
 
-- :func:`decide_globally`: image clusters (FAISS), caption groups joined in, the joint policy, and the
-  training-set index of the kept images (merged with the reference run's index for incremental runs).
+- :func:`reference_members`: an earlier run's index shard as policy records (incremental runs).
+- :func:`exclude_key`: one line of ``--exclude-keys`` (a key, or a ``filtered.jsonl`` record) -> the key.
+- :func:`route_to_component` + :class:`DecideComponent`: every sample with its component's edges, and the
+  joint policy per connected component (:func:`copyguard.curation.component_policy.decide_component`);
+  samples without any edge take the fast path :func:`decide_single`.
+- :class:`MergeSummaries`: the report's summary, added up from per-component summaries.
 - :class:`WriteShardOutputs`: per input shard, the cleaned shard(s), the manifest part and thumbnails.
 - :func:`write_report`: totals, the inputs = kept + duplicate + rejected invariant, report.json/html.
 """
@@ -17,28 +21,38 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
-from copyguard.curation.captions import minhash_signature
-from copyguard.curation.clustering import cluster_embeddings
-from copyguard.curation.curate_config import CurateConfig
+from copyguard.common.fileops import atomic_write
+from copyguard.curation.component_policy import (
+    ComponentResult,
+    Member,
+    decide_component,
+    empty_summary,
+    merge_summaries,
+)
+from copyguard.curation.config import CurateConfig
 from copyguard.curation.curate_report import render_report_html
-from copyguard.curation.embedders import embedder_info, load_embedder
-from copyguard.curation.fileops import atomic_write
 from copyguard.curation.images import decode_image
-from copyguard.curation.index import IndexEntry, TrainingIndex
+from copyguard.curation.index import IndexEntry
+from copyguard.curation.index_shards import read_shard as read_index_shard
 from copyguard.curation.manifest import rejection_row, write_manifest
-from copyguard.curation.policy import decide, summarize
 from copyguard.curation.records import Sample
 from copyguard.curation.shards import ShardWriter, read_shard
 from copyguard.pipelines.beam_io import BeamFileOps
-from copyguard.pipelines.transforms import Light
 
 __all__ = [
+    "ENTRIES",
+    "SINGLE",
     "SUMMARY",
+    "UPDATES",
+    "DecideComponent",
+    "MergeSummaries",
     "WriteShardOutputs",
-    "decide_globally",
-    "load_reference",
+    "decide_single",
+    "exclude_key",
+    "reference_members",
+    "route_to_component",
+    "singles_summary",
     "thumbnail_keys",
     "write_report",
 ]
@@ -46,119 +60,150 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary"
+ENTRIES = "entries"
+UPDATES = "updates"
+SINGLE = "single"
 
 
-def load_reference(reference_dir: str) -> Iterable[Light]:
-    """The kept entries of an earlier run's index as reference :class:`Light` records."""
-    index = TrainingIndex.load(BeamFileOps().join(reference_dir, "index"), fs=BeamFileOps())
-    vectors = index.vectors()
-    for row, (key, caption) in enumerate(zip(index.keys, index.captions, strict=True)):
-        yield Light(key, "", caption, 0, 0, vectors[row], reference=True)
-
-
-def _dup_captions(keys, image_group, caption_group, captions) -> dict[str, tuple[str, int]]:
-    """Per image group: the caption of its most common caption group and that group's count (§6.2)."""
-    counts = Counter(zip(image_group, caption_group, strict=True))
-    first_caption: dict[tuple[str, str], str] = {}
-    for _key, g, c, text in sorted(zip(keys, image_group, caption_group, captions, strict=True)):
-        first_caption.setdefault((g, c), text)
-    best: dict[str, tuple[int, str]] = {}
-    for (g, c), n in counts.items():
-        if g not in best or (-n, c) < (-best[g][0], best[g][1]):
-            best[g] = (n, c)
-    return {g: (first_caption[(g, c)], n) for g, (n, c) in best.items()}
-
-
-def decide_globally(
-    lights: list[Light],
-    caption_pairs: list[tuple[str, str]],
-    cfg: CurateConfig,
-    output: str,
-    reference: str | None,
-):
-    """Cluster, decide and index: yields one manifest row per new sample, plus the summary (tagged)."""
+def reference_members(partition: int, reference: str) -> Iterable[Member]:
+    """The entries of partition ``partition``'s shard of the reference run's index, as policy records."""
     fs = BeamFileOps()
-    lights = sorted(lights, key=lambda r: r.key)
-    keys = [r.key for r in lights]
-    dim = lights[0].embedding.shape[0] if lights else 0
-    emb = np.stack([r.embedding for r in lights]) if lights else np.zeros((0, dim), np.float32)
-    image_group = cluster_embeddings(keys, emb, cfg.images) if lights else []
-    cap = dict(caption_pairs)
-    caption_group = [cap.get(k, k) for k in keys]
-    preferred = {r.key for r in lights if r.reference}
-    decisions = decide(
-        keys,
-        [r.width for r in lights],
-        [r.height for r in lights],
-        image_group,
-        caption_group,
-        cfg.policy,
-        preferred=preferred,
-    )
-    new_decisions = [d for d in decisions if d.key not in preferred]
-    by_key = {r.key: r for r in lights}
-    for d in new_decisions:
-        row = d.row()
-        yield {**row, "shard": by_key[d.key].shard, "detail": ""}
-
-    # The training-set index of the kept new images (plus the reference run's, merged).
-    image_sizes = Counter(image_group)
-    caption_sizes = Counter(caption_group)
-    dup = _dup_captions(keys, image_group, caption_group, [r.caption for r in lights])
-    kept = [(i, d) for i, d in enumerate(decisions) if d.status == "kept" and d.key not in preferred]
-    entries = []
-    for i, d in kept:
-        g, c = image_group[i], caption_group[i]
-        entries.append(
-            IndexEntry(
-                key=d.key,
-                caption=lights[i].caption,
-                caption_group=c,
-                image_group=g,
-                caption_group_size=caption_sizes[c],
-                image_group_size=image_sizes[g],
-                dup_caption=dup[g][0],
-                dup_caption_count=dup[g][1],
-            )
-        )
-    embedder = load_embedder(
-        cfg.images.embedder, path=cfg.images.embedder_path, input_size=cfg.images.input_size
-    )
-    minhash = (
-        np.stack([minhash_signature(lights[i].caption, cfg.minhash) for i, _ in kept])
-        if kept
-        else np.zeros((0, cfg.minhash.num_perm), np.uint64)
-    )
-    index = TrainingIndex.build(
-        emb[[i for i, _ in kept]] if kept else np.zeros((0, dim or 512), np.float32),
-        entries,
-        embedder_info(embedder),
-        minhash,
-        minhash_info=cfg.minhash.model_dump(),
-        kind="auto",
-        exact_max=cfg.images.index_exact_max,
-    )
-    if reference:
-        index = TrainingIndex.load(fs.join(reference, "index"), fs=fs).merge(index)
-    index.save(fs.join(output, "index"), fs=fs)
-
-    summary = summarize(new_decisions, cfg.report.top_groups)
-    _add_group_members(summary, new_decisions, by_key, cfg.report.thumbnails_per_group)
-    summary["reference_entries"] = len(preferred)
-    summary["index_entries"] = len(index)
-    yield beam.pvalue.TaggedOutput(SUMMARY, summary)
+    shard = read_index_shard(fs.join(reference, "index"), partition, fs=fs)
+    for row in range(len(shard)):
+        entry = shard.entry(row)
+        yield Member(entry.key, "", entry.caption, 0, 0, partition, entry)
 
 
-def _add_group_members(summary: dict, decisions, by_key: dict[str, Light], per_group: int) -> None:
-    """Attach member keys and captions to the summary's largest groups (the report shows them)."""
-    members: dict[tuple[str, str], list[str]] = {}
-    for d in decisions:
-        members.setdefault(("image", d.image_group), []).append(d.key)
-        members.setdefault(("caption", d.caption_group), []).append(d.key)
-    for kind in ("image", "caption"):
-        for group in summary.get(f"top_{kind}_groups", []):
-            keys = sorted(members.get((kind, group["group"]), []))[:per_group]
-            group["members"] = [{"key": k, "caption": by_key[k].caption} for k in keys]
+def exclude_key(line: str) -> Iterable[str]:
+    """A key from one line of an ``--exclude-keys`` file: a bare key, or the trainer's ``filtered.jsonl``
+    record (``{"key": ..., "step": ...}``). Blank lines and ``#`` comments give nothing."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return
+    if text.startswith("{"):
+        key = json.loads(text).get("key")
+        if key:
+            yield str(key)
+    else:
+        yield text
+
+
+def route_to_component(item: tuple[str, dict[str, list]]):
+    """Per key: its record, component label, image edges (keyed by their smaller end), caption edges and
+    exclusion flag -> ``(component, part)`` parts for :class:`DecideComponent`, or (no edge at all) the
+    sample alone, tagged ``SINGLE``."""
+    key, joined = item
+    members = list(joined["member"])
+    if not members:
+        return  # an excluded key that is not an input
+    member, excluded = members[0], bool(list(joined["excluded"]))
+    labels, image, caption = list(joined["label"]), list(joined["image"]), list(joined["caption"])
+    if not (labels or image or caption):
+        yield beam.pvalue.TaggedOutput(SINGLE, (member, excluded))
+        return
+    component = labels[0] if labels else key
+    yield component, ("m", member, excluded)
+    for edge in image:
+        yield component, ("i", edge)
+    for edge in caption:
+        yield component, ("c", edge)
+
+
+def _emit(result: ComponentResult):
+    yield from result.rows
+    for e in result.entries:
+        yield beam.pvalue.TaggedOutput(ENTRIES, e)
+    for u in result.updates:
+        yield beam.pvalue.TaggedOutput(UPDATES, u)
+
+
+class DecideComponent(beam.DoFn):
+    """``(component, parts)`` -> manifest rows (main), ``ENTRIES``, ``UPDATES`` and ``SUMMARY``."""
+
+    def __init__(self, cfg: CurateConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, item: tuple[str, Iterable[tuple]]):
+        _, parts = item
+        members, image, caption, excluded = [], [], [], set()
+        for part in parts:
+            if part[0] == "m":
+                members.append(part[1])
+                if part[2]:
+                    excluded.add(part[1].key)
+            elif part[0] == "i":
+                image.append(part[1])
+            else:
+                caption.append(part[1])
+        result = decide_component(members, image, caption, self.cfg, excluded)
+        yield from _emit(result)
+        yield beam.pvalue.TaggedOutput(SUMMARY, result.summary)
+
+
+def decide_single(item: tuple[Member, bool], cfg: CurateConfig):
+    """A sample without any image or caption edge: kept, its own groups (unless excluded); a reference
+    sample without edges changes nothing. Outputs as :class:`DecideComponent`'s, ``SINGLE`` counts."""
+    member, excluded = item
+    if member.reference and not excluded:
+        return  # an earlier run's entry that nothing new touches: its shard is copied as it is
+    if excluded:
+        result = decide_component([member], [], [], cfg, {member.key} if excluded else ())
+        yield from _emit(result)
+        yield beam.pvalue.TaggedOutput(SUMMARY, result.summary)
+        return
+    key = member.key
+    yield {
+        "key": key,
+        "status": "kept",
+        "reason": "",
+        "representative": key,
+        "image_group": key,
+        "caption_group": key,
+        "shard": member.shard,
+        "detail": "",
+    }
+    yield beam.pvalue.TaggedOutput(
+        ENTRIES, (member.partition, IndexEntry(key, member.caption, key, key, 1, 1, member.caption, 1))
+    )
+    yield beam.pvalue.TaggedOutput(SINGLE, 1)
+
+
+def singles_summary(count: int) -> dict:
+    """The summary of ``count`` kept samples without duplicates."""
+    hist = {"1": count} if count else {}
+    summary = empty_summary()
+    summary.update(
+        samples=count,
+        status={"kept": count} if count else {},
+        image_groups=count,
+        caption_groups=count,
+        image_group_sizes=hist,
+        caption_group_sizes=dict(hist),
+    )
+    return summary
+
+
+class MergeSummaries(beam.CombineFn):
+    """Per-component summaries -> the job's summary (:func:`merge_summaries`: an associative merge)."""
+
+    def __init__(self, top_groups: int) -> None:
+        self.top = top_groups
+
+    def create_accumulator(self):
+        return empty_summary()
+
+    def add_input(self, acc, summary):
+        return merge_summaries(acc, summary, self.top)
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        out = accs[0]
+        for acc in accs[1:]:
+            out = merge_summaries(out, acc, self.top)
+        return out
+
+    def extract_output(self, acc):
+        return acc
 
 
 def thumbnail_keys(summary: dict) -> list[str]:
@@ -226,13 +271,18 @@ def write_report(
     summaries: list[dict],
     thumbs: list,
     cfg: CurateConfig,
+    index_info: dict | None = None,
+    reference_entries: int = 0,
 ) -> dict:
     """Totals, the accounting invariant, report.json and report.html. Raises when samples went missing."""
     fs = BeamFileOps()
     total: Counter = Counter()
     for c in counts:
         total.update(c)
-    summary = summaries[0] if summaries else {}
+    summary = dict(summaries[0]) if summaries else {}
+    summary["reference_entries"] = reference_entries
+    summary["index_entries"] = (index_info or {}).get("count", 0)
+    summary["index_partitions"] = (index_info or {}).get("partitions", 0)
     by_status = Counter()
     by_reason: Counter = Counter()
     for (status, reason), n in total.items():

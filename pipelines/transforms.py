@@ -1,14 +1,16 @@
 """The curation job's PTransforms: thin Beam shells around the pure functions of ``copyguard.curation``.
 
-Data flow (``pipelines/curate.py`` wires it)::
+Data flow (``pipelines/curate_graph.py`` wires it; docs/curation.md draws it)::
 
-    shard paths ─ ReadShards ─ EmbedImages ─ UniqueKeys ─┬─ CaptionComponents (MinHash LSH, distributed)
-                                                        └─ DecideGlobally (FAISS clusters, policy, index)
-                                                              └─ WriteShardOutputs (per input shard)
+    shard paths ─ ReadShards ─ EmbedImages ─ UniqueKeys ─┬─ CaptionEdges (MinHash LSH buckets)
+    reference index shards ─ ReferenceMembers ──────────┤
+                                                        └─ partitions (image_partitions.py): sample ─ k-means
+                                                           ─ assign ─ GroupByKey(partition) ─ exact search
+    image edges + caption edges ─ ConnectedComponents ─ GroupByKey(component) ─ joint policy per component
+        ─┬─ WriteShardOutputs (per input shard)   ─ WriteIndexShards (per partition) ─ report
 
-Reading, embedding, caption banding and connected components are distributed. Image clustering, the
-joint policy and the index are global by nature; they run in one worker over light records (key, size,
-caption, descriptor: about 2.2 KB per sample), which bounds a single run at a few million samples.
+Every step is distributed: no step receives a per-sample collection as a side input or runs over all samples
+in one worker (the k-means trains on a fixed-size sample; the report adds up per-component summaries).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from copyguard.curation.captions import band_keys, bucket_edges, lsh_params, minhash_signature
-from copyguard.curation.curate_config import CurateConfig, MinHashConfig
+from copyguard.curation.config import CurateConfig, MinHashConfig
 from copyguard.curation.records import Rejection, RejectReason
-from copyguard.pipelines.beam_components import ConnectedComponents
+from copyguard.pipelines.beam_connected_components import ConnectedComponents
 from copyguard.pipelines.embed_handler import EmbedderModelHandler
 
-__all__ = ["Light", "EmbedImages", "UniqueKeys", "CaptionComponents", "REJECTED"]
+__all__ = ["EmbeddedSample", "EmbedImages", "UniqueKeys", "CaptionEdges", "CaptionComponents", "REJECTED"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
-class Light:
+class EmbeddedSample:
     """What the global steps need of a sample: no image bytes, its descriptor instead."""
 
     key: str
@@ -47,13 +49,13 @@ class Light:
     reference: bool = False  # an entry of an earlier run's index (incremental curation)
 
 
-def _to_light(item: tuple[tuple[str, str, str, int, int], Any]) -> Light:
+def _to_embedded(item: tuple[tuple[str, str, str, int, int], Any]) -> EmbeddedSample:
     (key, shard, caption, width, height), result = item
-    return Light(key, shard, caption, width, height, np.asarray(result.inference, dtype=np.float32))
+    return EmbeddedSample(key, shard, caption, width, height, np.asarray(result.inference, dtype=np.float32))
 
 
 class EmbedImages(beam.PTransform):
-    """``Sample`` -> :class:`Light` with its image descriptor, batched through Beam ``RunInference``."""
+    """``Sample`` -> :class:`EmbeddedSample` with its image descriptor, batched through Beam ``RunInference``."""
 
     def __init__(self, cfg: CurateConfig) -> None:
         super().__init__()
@@ -65,11 +67,11 @@ class EmbedImages(beam.PTransform):
             samples
             | "KeyByMeta" >> beam.Map(lambda s: ((s.key, s.shard, s.caption, s.width, s.height), s.image))
             | "RunEmbedder" >> RunInference(handler)
-            | "ToLight" >> beam.Map(_to_light)
+            | "ToEmbeddedSample" >> beam.Map(_to_embedded)
         )
 
 
-def _pick_unique(item: tuple[str, list[Light]]):
+def _pick_unique(item: tuple[str, list[EmbeddedSample]]):
     """One record per key: the copy from the smallest shard path; the rest are ``duplicate_key``."""
     key, records = item
     records = sorted(records, key=lambda r: (not r.reference, r.shard))
@@ -98,7 +100,7 @@ class UniqueKeys(beam.PTransform):
 
 
 class _BandFn(beam.DoFn):
-    """Caption -> ``((band, band_hash), (key, caption))`` for each LSH band (algorithms.md §10)."""
+    """Caption -> ``((band, band_hash), (key, caption))`` for each LSH band (Broder, 1997)."""
 
     def __init__(self, cfg: MinHashConfig) -> None:
         self.cfg = cfg
@@ -106,7 +108,7 @@ class _BandFn(beam.DoFn):
     def setup(self) -> None:
         self.bands, self.rows = lsh_params(self.cfg.threshold, self.cfg.num_perm)
 
-    def process(self, record: Light):
+    def process(self, record: EmbeddedSample):
         signature = minhash_signature(record.caption, self.cfg)
         for band_key in band_keys(signature, self.bands, self.rows):
             yield band_key, (record.key, record.caption)
@@ -114,15 +116,36 @@ class _BandFn(beam.DoFn):
 
 def _bucket_edges(item: tuple[Any, Any], cfg: MinHashConfig) -> list[tuple[str, str]]:
     members = list(item[1])
-    return bucket_edges(members, cfg) if len(members) > 1 else []
+    if len(members) < 2:
+        return []
+    return [(min(a, b), max(a, b)) for a, b in bucket_edges(members, cfg) if a != b]
+
+
+class CaptionEdges(beam.PTransform):
+    """Records with ``key`` and ``caption`` -> near-duplicate caption edges ``(a, b)``, ``a < b``.
+
+    MinHash signatures, LSH band keys, ``GroupByKey`` on the band keys, star edges within each bucket
+    (verified with the exact shingle Jaccard when configured; giant buckets are logged and capped).
+    """
+
+    def __init__(self, cfg: MinHashConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, records):
+        return (
+            records
+            | "BandKeys" >> beam.ParDo(_BandFn(self.cfg))
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "BucketEdges" >> beam.FlatMap(_bucket_edges, self.cfg)
+            | "DistinctEdges" >> beam.Distinct()
+        )
 
 
 class CaptionComponents(beam.PTransform):
-    """:class:`Light` records -> ``(key, caption_group)`` for every key in a near-duplicate caption group.
-
-    MinHash signatures, LSH band keys, ``GroupByKey`` on the band keys, star edges within each bucket
-    (verified with the exact shingle Jaccard when configured; giant buckets are logged and capped), then
-    :class:`ConnectedComponents`. Keys absent from the output are their own caption group.
+    """:class:`EmbeddedSample` records -> ``(key, caption_group)`` for every key in a near-duplicate caption group:
+    :class:`CaptionEdges`, then :class:`ConnectedComponents`. Keys absent from the output are their own
+    caption group. (The job itself feeds the caption edges and the image edges to one components step.)
     """
 
     def __init__(self, cfg: MinHashConfig, max_rounds: int = 12) -> None:
@@ -131,11 +154,5 @@ class CaptionComponents(beam.PTransform):
         self.max_rounds = max_rounds
 
     def expand(self, lights):
-        cfg = self.cfg
-        edges = (
-            lights
-            | "BandKeys" >> beam.ParDo(_BandFn(cfg))
-            | "GroupBuckets" >> beam.GroupByKey()
-            | "BucketEdges" >> beam.FlatMap(_bucket_edges, cfg)
-        )
+        edges = lights | "Edges" >> CaptionEdges(self.cfg)
         return edges | "Components" >> ConnectedComponents(self.max_rounds)

@@ -118,13 +118,35 @@ def build_inputs(root: Path) -> dict[str, str]:
     }
 
 
-def near_duplicate_shard(root: Path) -> Path:
-    """A later day's shard: a resized copy of an already kept image, and a new unique one."""
+def day2_shard(root: Path) -> Path:
+    """A later day's shard: a resized astronaut copy captioned exactly as the kept ``a0`` (a duplicated
+    caption over duplicated images: the reference entry's group size and y_N support must grow), and a
+    new unique image."""
     members = [
         ("n0.jpg", encode(photo("astronaut", 96), quality=80)),
-        ("n0.txt", b"astronaut portrait again, slightly larger"),
+        ("n0.txt", b"An astronaut in a white suit poses in front of a flag"),
         ("n1.jpg", encode(photo("page"))),
         ("n1.txt", b"A printed page of old text in a book"),
     ]
     root.mkdir(parents=True, exist_ok=True)
     return write_tar(root / "day2.tar", members)
+
+
+TEMPLATE = b"Shaw Floors Caress Quiet Comfort Deep Indigo carpet sample 00424"
+
+
+def template_shards(root: Path) -> tuple[Path, Path]:
+    """Two days, three distinct images each, all with one informative caption (a template over six
+    image groups once both days are seen, none on day one alone)."""
+    root.mkdir(parents=True, exist_ok=True)
+    day1 = [
+        (f"t{i}.{ext}", data)
+        for i, name in enumerate(("coffee", "rocket", "camera"))
+        for ext, data in (("jpg", encode(photo(name))), ("txt", TEMPLATE))
+    ]
+    day2 = [
+        (f"s{i}.{ext}", data)
+        for i, name in enumerate(("coins", "moon", "clock"))
+        for ext, data in (("jpg", encode(photo(name))), ("txt", TEMPLATE))
+    ]
+    return write_tar(root / "tmpl1.tar", day1), write_tar(root / "tmpl2.tar", day2)

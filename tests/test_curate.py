@@ -12,16 +12,17 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from copyguard.curation.components import connected_components
-from copyguard.curation.curate_config import MinHashConfig
+from copyguard.curation.config import CurateConfig, MinHashConfig
+from copyguard.curation.connected_components import connected_components
 from copyguard.curation.index import TrainingIndex
+from copyguard.curation.index_shards import ShardedIndex
 from copyguard.curation.manifest import read_manifest
 from copyguard.curation.shards import iter_samples
-from copyguard.pipelines.beam_components import ConnectedComponents
+from copyguard.pipelines.beam_connected_components import ConnectedComponents
 from copyguard.pipelines.cli import main
-from copyguard.pipelines.curate import run
-from copyguard.pipelines.transforms import CaptionComponents, Light, UniqueKeys
-from tests.curate_fixtures import build_inputs, near_duplicate_shard
+from copyguard.pipelines.curate import _prepare_output, build_pipeline, run, run_curation
+from copyguard.pipelines.transforms import CaptionComponents, EmbeddedSample, UniqueKeys
+from tests.curate_fixtures import build_inputs, day2_shard, template_shards
 
 PIXELS = ["--set", "curate.io.max_pixels=20000"]
 
@@ -30,8 +31,8 @@ def _pipeline() -> BeamTestPipeline:
     return BeamTestPipeline(runner=FnApiRunner())
 
 
-def _light(key: str, caption: str = "c", shard: str = "s", reference: bool = False) -> Light:
-    return Light(key, shard, caption, 8, 8, np.zeros(4, np.float32), reference)
+def _light(key: str, caption: str = "c", shard: str = "s", reference: bool = False) -> EmbeddedSample:
+    return EmbeddedSample(key, shard, caption, 8, 8, np.zeros(4, np.float32), reference)
 
 
 # -- transforms -------------------------------------------------------------------------------------------
@@ -66,9 +67,7 @@ def test_unique_keys_keeps_smallest_shard_and_rejects_the_rest() -> None:
         out = p | beam.Create(records) | UniqueKeys()
         assert_that(
             out.unique | beam.Map(lambda r: (r.key, r.shard, r.reference)),
-            equal_to(
-                [("k", "a.tar", False), ("j", "s", False), ("r", "", True) if False else ("r", "s", True)]
-            ),
+            equal_to([("k", "a.tar", False), ("j", "s", False), ("r", "s", True)]),
             label="Unique",
         )
         assert_that(
@@ -106,6 +105,10 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "out": out, "expected": expected, "report": report, "rows": _rows(out)}
 
 
+def _bytes(path: Path) -> bytes | None:
+    return None if path.is_dir() else path.read_bytes()
+
+
 def _rows(out: Path) -> list[dict]:
     return read_manifest(sorted(str(p) for p in (out / "manifest").glob("*.parquet")))
 
@@ -141,11 +144,40 @@ def test_cleaned_shards_hold_exactly_the_kept_samples(job: dict) -> None:
 def test_training_index_covers_kept_images(job: dict) -> None:
     index = TrainingIndex.load(str(job["out"] / "index"))
     kept = sorted(r["key"] for r in job["rows"] if r["status"] == "kept")
+    assert isinstance(index, ShardedIndex) and index.partitions == 1  # 10 images: one partition
     assert index.keys == kept
-    assert index.info["embedder"]["name"] == "sscd-onnx" and index.minhash is not None
+    assert index.info["embedder"]["name"] == "sscd-onnx" and index.info["faiss"]["kind"] == "sharded"
     res = index.nearest(index.vectors()[:3], k=1)
     assert list(res.keys[:, 0]) == kept[:3]
     assert index.entry("a0").image_group_size == 3
+    assert not list((job["out"] / "index").rglob("minhash.npy"))  # written, never read: dropped
+    assert not (job["out"] / "index" / "_members").exists()  # temporary descriptor files removed
+
+
+def test_partitioned_search_gives_the_single_partition_result(job: dict) -> None:
+    """Four partitions probed exhaustively (margin 2): the same manifest and kept images as one partition;
+    the index is split into four shards that answer nearest() as one."""
+    out = job["root"] / "out_parts"
+    run(
+        [
+            "--input",
+            str(job["root"] / "in" / "*.tar"),
+            "--output",
+            str(out),
+            *PIXELS,
+            *("--set", "curate.images.partition_size=3", "--set", "curate.images.partition_min_train=1"),
+            *("--set", "curate.images.partition_margin=2.0"),
+        ],
+        test_pipeline=_pipeline(),
+    )
+    assert _rows(out) == job["rows"]
+    parts, one = TrainingIndex.load(str(out / "index")), TrainingIndex.load(str(job["out"] / "index"))
+    assert parts.partitions == 4 and sorted(parts.keys) == one.keys
+    queries = one.vectors()
+    got, want = parts.nearest(queries, k=2), one.nearest(queries, k=2)
+    assert got.keys.tolist() == want.keys.tolist()
+    np.testing.assert_allclose(got.similarities, want.similarities, rtol=1e-6)
+    assert parts.entry("a0") == one.entry("a0")
 
 
 def test_report_is_escaped_and_complete(job: dict) -> None:
@@ -161,25 +193,81 @@ def test_rerun_and_multiprocessing_give_identical_outputs(job: dict) -> None:
     argv = ["--input", str(job["root"] / "in" / "*.tar"), "--output", str(out2), *PIXELS]
     run([*argv, "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"])
     for sub in ("manifest", "index", "shards"):
-        first = {p.name: p.read_bytes() for p in sorted((job["out"] / sub).iterdir())}
-        second = {p.name: p.read_bytes() for p in sorted((out2 / sub).iterdir())}
+        first = {str(p.relative_to(job["out"])): _bytes(p) for p in (job["out"] / sub).rglob("*")}
+        second = {str(p.relative_to(out2)): _bytes(p) for p in (out2 / sub).rglob("*")}
         assert first == second, sub
 
 
 def test_incremental_run_against_a_reference(job: dict) -> None:
-    day2 = near_duplicate_shard(job["root"] / "day2")
+    day2 = day2_shard(job["root"] / "day2")
     out = job["root"] / "out_day2"
-    report = run(
-        ["--input", str(day2), "--output", str(out), "--reference", str(job["out"])],
+    report = run_curation(  # the typed entry point, no argv
+        CurateConfig(),
+        inputs=[str(day2)],
+        output=str(out),
+        reference=str(job["out"]),
         test_pipeline=_pipeline(),
     )
     rows = {r["key"]: r for r in _rows(out)}
     assert rows["n0"]["status"] == "duplicate" and rows["n0"]["representative"] == "a0"
+    assert rows["n0"]["reason"] == "image_and_caption_duplicate" and rows["n0"]["image_group"] == "a0"
     assert rows["n1"]["status"] == "kept"
-    assert report["inputs"] == 2
+    assert report["inputs"] == 2 and report["summary"]["reference_entries"] == 10
     index = TrainingIndex.load(str(out / "index"))
     first = TrainingIndex.load(str(job["out"] / "index"))
     assert set(index.keys) == set(first.keys) | {"n1"}
+    # The reference entry stands for one more input now, and its caption is duplicated over its copies.
+    before, after = first.entry("a0"), index.entry("a0")
+    assert (before.image_group_size, after.image_group_size) == (3, 4)
+    assert (before.dup_caption_count, after.dup_caption_count) == (1, 2)
+    assert after.dup_caption == "An astronaut in a white suit poses in front of a flag"
+    assert index.entry("c0") == first.entry("c0")  # untouched entries are copied as they were
+    np.testing.assert_array_equal(index.embedding("c0"), first.embedding("c0"))
+
+
+def _curate(
+    inputs: list[Path], out: Path, reference: Path | None = None, exclude: Path | None = None
+) -> dict:
+    """The job through ``build_pipeline`` (the way to pass ``exclude_keys`` until the CLI has the flag)."""
+    cfg = CurateConfig.model_validate({"io": {"max_pixels": 20000}})
+    _prepare_output(str(out), overwrite=False)
+    with _pipeline() as p:
+        build_pipeline(
+            p,
+            [str(i) for i in inputs],
+            str(out),
+            cfg,
+            str(reference) if reference else None,
+            str(exclude) if exclude else None,
+        )
+    return json.loads((out / "report.json").read_text())
+
+
+def test_template_cap_counts_the_reference_samples(tmp_path: Path) -> None:
+    day1, day2 = template_shards(tmp_path / "in")
+    first = _curate([day1], tmp_path / "o1")
+    assert first["by_status"]["kept"] == 3  # three images with one caption: no template yet
+    _curate([day2], tmp_path / "o2", reference=tmp_path / "o1")
+    rows = {r["key"]: r for r in _rows(tmp_path / "o2")}
+    # Six image groups now share the caption; the cap of 3 is already held by the reference run's three.
+    assert {k: r["reason"] for k, r in rows.items()} == {f"s{i}": "templated_caption_cap" for i in range(3)}
+    index = TrainingIndex.load(str(tmp_path / "o2" / "index"))
+    assert sorted(index.keys) == ["t0", "t1", "t2"]
+    assert index.entry("t0").caption_group_size == 6
+
+
+def test_exclude_keys_drop_samples_their_groups_and_reference_entries(job: dict) -> None:
+    exclude = job["root"] / "filtered.jsonl"
+    exclude.write_text('{"key": "n0", "step": 3}\n{"key": "c0", "step": 4}\n\nnot-a-key-here\n')
+    out = job["root"] / "out_excl"
+    report = _curate([day2_shard(job["root"] / "day2x")], out, reference=job["out"], exclude=exclude)
+    rows = {r["key"]: r for r in _rows(out)}
+    assert rows["n0"]["reason"] == "excluded_key" and rows["n0"]["status"] == "duplicate"
+    assert rows["n1"]["status"] == "kept"
+    index = TrainingIndex.load(str(out / "index"))
+    # c0 (a kept reference entry) is named: it leaves the index; a0 is n0's image group: it leaves too.
+    assert "c0" not in index.keys and "a0" not in index.keys and "c1" in index.keys
+    assert report["summary"]["reference_excluded"] == 2
 
 
 def test_cli_exit_codes(job: dict, capsys: pytest.CaptureFixture) -> None:

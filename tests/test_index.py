@@ -1,4 +1,4 @@
-"""The training-set index: persistence, nearest neighbours, y_N, merging (algorithms.md §6.1, §6.2, §7)."""
+"""The training-set index: persistence, nearest neighbours, y_N, merging (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 from copyguard.curation.index import IndexEntry, TrainingIndex
 
 DIM = 32
