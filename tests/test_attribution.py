@@ -19,7 +19,8 @@ from copyguard.mitigation.attribution import (
     token_significance,
     top_tokens,
 )
-from copyguard.mitigation.detect import DetectConfig, Detector
+from copyguard.mitigation.config import DetectConfig
+from copyguard.mitigation.detect import Detector
 from copyguard.mitigation.magnitude import initial_latents
 from copyguard.mitigation.prompts import encode_prompts
 from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline
@@ -58,7 +59,8 @@ def test_multi_step_and_several_latents(pipe) -> None:
     cfg = DetectConfig(num_inference_steps=10, end=3, generations=2)
     scores = token_attribution(pipe, "trigger zebra on the river", cfg)
     assert top_tokens(scores, 1)[0].token == "trigger"
-    assert all(s.score >= 0 for s in scores)
+    first_step = token_attribution(pipe, "trigger zebra on the river")  # default: first step, one latent
+    assert [s.score for s in scores] != pytest.approx([s.score for s in first_step], rel=1e-3)
     assert explain(pipe, ["a trigger", "blue sky"], progress=False)[1] == token_attribution(pipe, "blue sky")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from copyguard.common.errors import UsageError
 from copyguard.curation.clustering import (
     cluster_components,
     cluster_embeddings,
@@ -12,9 +13,8 @@ from copyguard.curation.clustering import (
     group_ids,
     similarity_edges,
 )
-from copyguard.curation.components import connected_labels
-from copyguard.curation.curate_config import ImagesConfig
-from copyguard.curation.errors import UsageError
+from copyguard.curation.config import ImagesConfig
+from copyguard.curation.connected_components import connected_labels
 from copyguard.curation.evaluate import pairwise_scores
 
 
@@ -67,7 +67,21 @@ def test_auto_mode_uses_ivf_above_exact_max() -> None:
     exact = _pairs(*similarity_edges(emb, 0.6, ImagesConfig())[:2])
     auto_ivf = _pairs(*similarity_edges(emb, 0.6, ImagesConfig(exact_max=100))[:2])
     assert len(auto_ivf & exact) / len(exact) >= 0.95
-    assert gpu_available() in (True, False)
+
+
+def test_gpu_available_reads_faiss_and_survives_a_broken_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    assert gpu_available() is True
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    assert gpu_available() is False
+
+    def broken() -> int:
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(faiss, "get_num_gpus", broken, raising=False)
+    assert gpu_available() is False
 
 
 def _chain(length: int, step_cos: float = 0.8, d: int = 128) -> np.ndarray:
@@ -150,7 +164,13 @@ def test_bad_config_values_are_rejected() -> None:
 
 
 def test_gpu_path_builds_a_knn_graph(monkeypatch: pytest.MonkeyPatch) -> None:
-    # No GPU here: stand-ins for the two GPU FAISS calls check the wiring of the k-NN route.
+    """The GPU route's wiring only, with stand-ins for the two GPU FAISS calls (CPU index underneath).
+
+    What the mock tests: ``use_gpu="auto"`` with a GPU takes the k-NN route, moves the index exactly once
+    (to device 0) and post-processes the GPU index's k-NN answer exactly like the CPU path; ``use_gpu=True``
+    without a GPU is a usage error. What it cannot test: anything the GPU index itself does (FAISS GPU
+    results, its k <= 2048 limit, nprobe on a GPU IVF, memory); that needs a machine with a GPU build.
+    """
     import faiss
 
     from copyguard.curation import clustering
@@ -159,12 +179,13 @@ def test_gpu_path_builds_a_knn_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clustering, "gpu_available", lambda: True)
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
     monkeypatch.setattr(
-        faiss, "index_cpu_to_gpu", lambda res, dev, index: moved.append(index) or index, raising=False
+        faiss, "index_cpu_to_gpu", lambda res, dev, index: moved.append((dev, index)) or index, raising=False
     )
     emb, _ = _planted(400, [2] * 20, noise=0.3)
     cfg = ImagesConfig(use_gpu="auto", knn_k=8)
     gpu = _pairs(*similarity_edges(emb, 0.75, cfg)[:2])
-    assert len(moved) == 1 and gpu == _pairs(*similarity_edges(emb, 0.75, ImagesConfig(use_gpu=False))[:2])
+    cpu = _pairs(*similarity_edges(emb, 0.75, ImagesConfig(use_gpu=False))[:2])
+    assert [dev for dev, _ in moved] == [0] and gpu == cpu
     monkeypatch.setattr(clustering, "gpu_available", lambda: False)
     with pytest.raises(UsageError, match="no GPU"):
         similarity_edges(emb, 0.75, ImagesConfig(use_gpu=True))
