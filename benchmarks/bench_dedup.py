@@ -1,4 +1,4 @@
-"""Dedup accuracy of the curation job against the sample data's planted ground truth (algorithms.md §10-§11).
+"""Dedup accuracy of the curation job against the sample data's planted ground truth (Broder, 1997; Pizzi et al., CVPR 2022; Johnson et al., 2019).
 
     python -m benchmarks.bench_dedup [--quick] [--machine TAG] [--out DIR] [--preset small] [--seed 0]
 
@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import add_common_args, begin, finish, setup_logging, write_result
-from copyguard.curation.config import load_config
+from benchmarks.common import begin, finish, script_main
+from copyguard.common.config import load_config
+from copyguard.common.fileops import LocalFileOps, expand_paths
 from copyguard.curation.evaluate import evaluate_manifest
-from copyguard.curation.fileops import LocalFileOps, expand_paths
 from copyguard.curation.manifest import read_manifest
-from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+from copyguard.pipelines.lab.config import SampleDataConfig
+from copyguard.pipelines.lab.sample_data import build_sample_data
 
 log = logging.getLogger("benchmarks.bench_dedup")
 GOAL_F1 = 0.95
@@ -79,22 +80,21 @@ def run(tag: str, preset: str, seed: int, quick: bool, argv: list[str] | None) -
     return finish(report)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", help="sample-data preset (default small; --quick: tiny)")
     parser.add_argument("--seed", type=int, default=0, help="sample-data seed")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    preset = "tiny" if args.quick else args.preset
-    report = run(args.machine, preset, args.seed, args.quick, argv)
-    path = write_result(report, args.out, args.machine, "dedup")
+
+
+def _summary(report: dict[str, Any]) -> str:
     s = report["summary"]
-    print(
-        " ".join(f"{p}: P {s[p]['precision']:.3f} R {s[p]['recall']:.3f} F1 {s[p]['f1']:.3f};" for p in s)
-        + f" wrote {path}"
-    )
-    return 0
+    return " ".join(f"{p}: P {s[p]['precision']:.3f} R {s[p]['recall']:.3f} F1 {s[p]['f1']:.3f}" for p in s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def measure(args: argparse.Namespace) -> dict[str, Any]:
+        return run(args.machine, "tiny" if args.quick else args.preset, args.seed, args.quick, argv)
+
+    return script_main(argv, __doc__, "dedup", _add_args, measure, _summary)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""SSCD embedding throughput and copy-detection sanity for the packaged ONNX models (algorithms.md §9).
+"""SSCD embedding throughput and copy-detection sanity for the packaged ONNX models (Pizzi et al., CVPR 2022).
 
     python -m benchmarks.bench_embedders [--quick] [--machine TAG] [--out DIR] [--images 32] [--repeats 3]
                                          [--batch-sizes 1,8,32]
@@ -24,7 +24,12 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from benchmarks.common import add_common_args, begin, finish, setup_logging, usable_cpus, write_result
+from benchmarks.common import (
+    begin,
+    finish,
+    script_main,
+    usable_cpus,
+)
 from copyguard.curation.embedders import embedder_info, load_embedder
 
 log = logging.getLogger("benchmarks.bench_embedders")
@@ -133,26 +138,28 @@ def run(
     return finish(report)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=32, help="images per timed pass")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting (best is reported)")
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    images, repeats = (4, 1) if args.quick else (args.images, args.repeats)
-    if args.quick:
-        batch_sizes = [1, 4]
-    report = run(args.machine, images, batch_sizes, args.threads, repeats, args.quick, argv)
-    path = write_result(report, args.out, args.machine, "embedders")
-    for kind, res in report["models"].items():
-        speeds = ", ".join(f"bs{b}: {v['ms_per_image']} ms/img" for b, v in res["model_only_320px"].items())
-        print(f"{kind}: {speeds}")
-    print(f"wrote {path}")
-    return 0
+
+
+def _summary(report: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{kind}: "
+        + ", ".join(f"bs{b}: {v['ms_per_image']} ms/img" for b, v in res["model_only_320px"].items())
+        for kind, res in report["models"].items()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    def measure(args: argparse.Namespace) -> dict[str, Any]:
+        images, repeats = (4, 1) if args.quick else (args.images, args.repeats)
+        batch_sizes = [1, 4] if args.quick else [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+        return run(args.machine, images, batch_sizes, args.threads, repeats, args.quick, argv)
+
+    return script_main(argv, __doc__, "embedders", _add_args, measure, _summary)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""FAISS image clustering at scale: time and pair recall of the production config (algorithms.md §11).
+"""FAISS image clustering at scale: time and pair recall of the production config (Pizzi et al., CVPR 2022; Johnson et al., 2019).
 
     python -m benchmarks.bench_faiss [--quick] [--machine TAG] [--out DIR] [--sizes 1e4,1e5,1e6]
                                      [--exact-sample 2000] [--ivf-at-all-sizes] [--set KEY=VALUE ...]
@@ -47,11 +47,16 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.common import add_common_args, begin, finish, load_average, setup_logging, write_result
+from benchmarks.common import (
+    begin,
+    finish,
+    load_average,
+    script_main,
+)
+from copyguard.common.config import load_config
 from copyguard.curation import clustering
 from copyguard.curation.clustering import gpu_available
-from copyguard.curation.config import load_config
-from copyguard.curation.curate_config import CurateConfig, ImagesConfig
+from copyguard.curation.config import CurateConfig, ImagesConfig
 
 log = logging.getLogger("benchmarks.bench_faiss")
 DIM = 512
@@ -271,9 +276,7 @@ def _size(text: str) -> int:
     return int(float(text))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated vector counts")
     parser.add_argument("--exact-sample", type=int, default=2000, help="rows checked exactly above exact_max")
     parser.add_argument(
@@ -287,21 +290,27 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="curate.images override, e.g. images.nprobe=16",
     )
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    sizes = [2000, 20_000] if args.quick else [_size(s) for s in args.sizes.split(",") if s.strip()]
-    overrides = list(args.overrides)
-    if args.quick:
-        overrides.append("images.exact_max=5000")  # so the quick run also takes the IVF path
-    report = run(args.machine, sizes, overrides, args.exact_sample, not args.no_ivf_forced, args.quick, argv)
-    path = write_result(report, args.out, args.machine, "faiss")
-    for r in report["sizes"]:
-        print(
-            f"n={r['n']}: {r['production']['total_s']} s ({r['production_mode']}), "
-            f"planted pair recall {r['planted_edge_recall']}, groups {r['planted_group_recall']}"
+
+
+def _summary(report: dict[str, Any]) -> str:
+    return "\n".join(
+        f"n={r['n']}: {r['production']['total_s']} s ({r['production_mode']}), "
+        f"planted pair recall {r['planted_edge_recall']}, groups {r['planted_group_recall']}"
+        for r in report["sizes"]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    def measure(args: argparse.Namespace) -> dict[str, Any]:
+        sizes = [2000, 20_000] if args.quick else [_size(s) for s in args.sizes.split(",") if s.strip()]
+        overrides = list(args.overrides)
+        if args.quick:
+            overrides.append("images.exact_max=5000")  # so the quick run also takes the IVF path
+        return run(
+            args.machine, sizes, overrides, args.exact_sample, not args.no_ivf_forced, args.quick, argv
         )
-    print(f"wrote {path}")
-    return 0
+
+    return script_main(argv, __doc__, "faiss", _add_args, measure, _summary)
 
 
 if __name__ == "__main__":

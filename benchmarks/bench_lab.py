@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_lab [--quick] [--machine TAG] [--out DIR] [--preset small] [--retrain]
 
-Uses :func:`copyguard.pipelines.lab_cache.cached_lab_model`: the ``small`` model is trained once (15-20 CPU
+Uses :func:`copyguard.pipelines.lab.cache.cached_lab_model`: the ``small`` model is trained once (15-20 CPU
 minutes) into ``.cache/copyguard`` and reused by the demo and the other lab benchmarks; ``--retrain``
 trains it again from scratch into the cache. ``--quick`` does the same with the ``tiny`` model (about 3.5
 minutes the first time; the other ``--quick`` scripts reuse it). Records per duplication count the SSCD / nL2 figures, the >= 25-copy summary, the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import add_common_args, begin, finish, setup_logging, write_result
-from copyguard.pipelines.lab_cache import DEFAULT_CACHE, cached_lab_model
+from copyguard.pipelines.lab.cache import DEFAULT_CACHE, cached_lab_model
 
 log = logging.getLogger("benchmarks.bench_lab")
 GOAL_SHARE_MIN = 60.0  # % of >= 25-copy generations over the threshold

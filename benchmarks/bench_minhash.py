@@ -1,10 +1,10 @@
-"""Caption MinHash LSH in Beam against plain datasketch on the same captions (algorithms.md §10).
+"""Caption MinHash LSH in Beam against plain datasketch on the same captions (Broder, 1997).
 
     python -m benchmarks.bench_minhash [--quick] [--machine TAG] [--out DIR] [--captions 20000]
                                        [--repeats 2] [--csv PATH]
 
 Captions: real MS-COCO captions (``--csv``: the 10,000-prompt COCO 2014 val CSV when present, plus the
-shipped ``curation/data/captions_*.txt``: COCO, LAION, LAION memorized and templated prompts; about
+shipped ``pipelines/lab/assets/captions_*.txt``: COCO, LAION, LAION memorized and templated prompts; about
 10,600 distinct), to which near-duplicates are planted until there are ``--captions`` of them: 1-3
 re-casings, punctuation edits or one-word edits (the ``sample-data`` caption edits) of seeded random real
 captions, at least 25% of the total. COCO itself holds natural near-duplicates ("a man riding a wave on
@@ -45,13 +45,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.common import add_common_args, begin, finish, load_average, setup_logging, write_result
+from benchmarks.common import (
+    begin,
+    finish,
+    load_average,
+    script_main,
+)
+from copyguard.common.config import load_config
 from copyguard.curation.captions import caption_groups as memory_groups
 from copyguard.curation.captions import exact_jaccard, shingles
-from copyguard.curation.components import connected_components, group_members
-from copyguard.curation.config import load_config
-from copyguard.curation.curate_config import CurateConfig, MinHashConfig
-from copyguard.curation.sample_captions import (
+from copyguard.curation.config import CurateConfig, MinHashConfig
+from copyguard.curation.connected_components import connected_components, group_members
+from copyguard.pipelines.lab.sample_captions import (
     case_variants,
     load_caption_pool,
     punct_variants,
@@ -74,7 +79,7 @@ def real_captions(csv_path: Path | None) -> tuple[list[str], list[str]]:
     pool = load_caption_pool()
     for part in (pool.coco, pool.laion, pool.memorized, pool.templates):
         out += list(part)
-    sources.append("curation/data/captions_*.txt")
+    sources.append("pipelines/lab/assets/captions_*.txt")
     return list(dict.fromkeys(c for c in out if c)), sources
 
 
@@ -136,7 +141,7 @@ def beam_groups(keys: list[str], captions: list[str], cfg: MinHashConfig) -> dic
     import apache_beam as beam
 
     from copyguard.pipelines.curate import make_pipeline
-    from copyguard.pipelines.transforms import CaptionComponents, Light
+    from copyguard.pipelines.transforms import CaptionComponents, EmbeddedSample
 
     empty = np.zeros(1, np.float32)
     with tempfile.TemporaryDirectory(prefix="bench-minhash-") as tmp:
@@ -145,7 +150,7 @@ def beam_groups(keys: list[str], captions: list[str], cfg: MinHashConfig) -> dic
         (
             p
             | "Captions" >> beam.Create(list(zip(keys, captions, strict=True)))
-            | "ToLight" >> beam.Map(lambda kc: Light(kc[0], "s", kc[1], 0, 0, empty))
+            | "ToEmbeddedSample" >> beam.Map(lambda kc: EmbeddedSample(kc[0], "s", kc[1], 0, 0, empty))
             | "CaptionDedup" >> CaptionComponents(cfg, cfg.max_cc_rounds)
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.Map(lambda pairs: out.write_text(json.dumps(sorted(pairs))))
@@ -253,24 +258,27 @@ def _spot_check(keys, captions, groups, cfg: MinHashConfig, limit: int = 2000) -
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", type=int, default=20_000, help="captions in total (real + planted)")
     parser.add_argument("--repeats", type=int, default=2, help="alternated timing rounds")
     parser.add_argument("--csv", default=str(COCO_CSV), help="COCO prompts CSV (';'-separated, 'Caption')")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    total, repeats = (400, 1) if args.quick else (args.captions, args.repeats)
-    report = run(args.machine, total, repeats, Path(args.csv) if args.csv else None, args.quick, argv)
-    path = write_result(report, args.out, args.machine, "minhash")
+
+
+def _summary(report: dict[str, Any]) -> str:
     s = report["summary"]
-    print(
+    return (
         f"datasketch {s['datasketch_captions_per_s']}/s, in memory {s['in_memory_captions_per_s']}/s, "
         f"Beam {s['beam_captions_per_s']}/s (Beam/datasketch {s['beam_vs_datasketch_ratio']}); "
-        f"Beam == in memory: {s['beam_equals_in_memory']}; wrote {path}"
+        f"Beam == in memory: {s['beam_equals_in_memory']}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def measure(args: argparse.Namespace) -> dict[str, Any]:
+        total, repeats = (400, 1) if args.quick else (args.captions, args.repeats)
+        return run(args.machine, total, repeats, Path(args.csv) if args.csv else None, args.quick, argv)
+
+    return script_main(argv, __doc__, "minhash", _add_args, measure, _summary)
 
 
 if __name__ == "__main__":

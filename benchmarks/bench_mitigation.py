@@ -1,4 +1,4 @@
-"""Costs of detection, AMG and prompt optimization against plain sampling (issue 5; algorithms.md §2, §4, §6).
+"""Costs of detection, AMG and prompt optimization against plain sampling (issue 5; Wen et al., ICLR 2024; Chen et al., CVPR 2024).
 
     python -m benchmarks.bench_mitigation [--quick] [--machine TAG] [--out DIR] [--model models/lab-small]
         [--index out/index] [--memorized-prompt TEXT] [--sd-size 128] [--sd-steps 10] [--rounds 2]
@@ -42,7 +42,7 @@ import torch
 
 from benchmarks.common import add_common_args, begin, setup_logging, write_result
 
-__all__ = ["SD15_UNET", "SD15_VAE", "build_sd15_arch", "measure_model", "render_bench", "run"]
+__all__ = ["SD15_UNET", "SD15_VAE", "build_sd15_arch", "measure_model", "run"]
 
 log = logging.getLogger("benchmarks.bench_mitigation")
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,10 +161,10 @@ def measure_model(
 ) -> dict[str, Any]:
     """All timings of one model; see the module docstring. ``forced_memorized``: the worst-case AMG config
     for the memorized case (random weights memorize nothing)."""
-    from copyguard.mitigation.amg_config import AMGConfig
-    from copyguard.mitigation.detect import DetectConfig, Detector
+    from copyguard.mitigation.config import AMGConfig, DetectConfig, PromptOptConfig
+    from copyguard.mitigation.detect import Detector
     from copyguard.mitigation.magnitude import initial_latents, latent_shape
-    from copyguard.mitigation.prompt_opt import PromptOptConfig, optimize_prompts
+    from copyguard.mitigation.prompt_opt import optimize_prompts
     from copyguard.mitigation.prompts import encode_prompts
 
     kw = {"height": size, "width": size, "guidance_scale": 7.5, "output_type": "np"}
@@ -183,7 +183,8 @@ def measure_model(
     with torch.no_grad():
         e = encode_prompts(pipe, [unique, ""], pipe.unet.device)
         x = initial_latents(seed, shape, init_noise_sigma=float(pipe.scheduler.init_noise_sigma))
-        t = torch.tensor(999)
+        x = x.to(pipe.unet.device, pipe.unet.dtype)
+        t = torch.tensor(999, device=pipe.unet.device)
 
     def unet_cfg() -> Any:
         with torch.no_grad():
@@ -298,9 +299,7 @@ def _extra(out: Any) -> Any:
             "amg_stats": out.amg_stats,
             "flagged": tr.flagged,
             "magnitude": tr.magnitude,
-            "steps_g_spe": sum(tr.g_spe),
-            "steps_g_dup": sum(tr.g_dup),
-            "steps_g_sim": sum(tr.g_sim),
+            **{f"steps_{term}": sum(getattr(tr, term)) for term in ("g_spe", "g_dup", "g_sim")},
         }
     if hasattr(out, "iterations"):
         return dict(out.__dict__)
@@ -325,32 +324,26 @@ def run(
 ) -> dict[str, Any]:
     """Both models (``model=None``: sd15-arch only, tokenizer required); returns the result JSON body."""
     from copyguard.curation.index import TrainingIndex
-    from copyguard.mitigation.detect import DetectConfig, Detector
-    from copyguard.mitigation.models import load_sd_pipeline
+    from copyguard.mitigation.config import DetectConfig
+    from copyguard.mitigation.evaluation.calibrate import calibrate_on_prompts
     from copyguard.mitigation.pipeline_amg import StableDiffusionAMGPipeline
-    from copyguard.mitigation.prompt_opt import calibrate_l_target
+    from copyguard.mitigation.sd_loader import load_sd_pipeline
 
     report = begin("mitigation", "benchmarks.bench_mitigation", argv, machine, quick, torch.get_num_threads())
-    from benchmarks.lab_mitigation import git_commit
-
-    report["commit"] = git_commit()
+    git = report["git"]
+    report["commit"] = (git["commit"] or "unknown")[:7] + ("+dirty" if git["dirty"] else "")
     index = TrainingIndex.load(index_dir)
     unique = "a photo of a small red house by the river"
     report["models"] = {}
-    refs = [
-        f"a photo of a {w} {n}"
-        for w in ("red", "blue", "old", "small")
-        for n in ("cat", "dog", "tree", "car")
-    ]
+    refs = [f"a photo of a {w} {n}" for w in ("red", "blue", "old", "small") for n in ("cat", "dog", "tree", "car")]  # fmt: skip
     if model is not None:
         pipe = load_sd_pipeline(model, "cpu", pipeline_cls=StableDiffusionAMGPipeline)
         size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
         if not memorized:
             raise SystemExit("give --memorized-prompt: a caption the lab model memorizes (a 50-copy pair's)")
         mem = memorized
-        dcfg = DetectConfig(num_inference_steps=lab_steps)
-        gate = Detector(pipe, dcfg, progress=False).calibrate(refs, 0.01)
-        l_target = calibrate_l_target(pipe, refs, detect_config=dcfg)
+        cal = calibrate_on_prompts(pipe, refs, DetectConfig(num_inference_steps=lab_steps), target_fpr=0.01)
+        gate, l_target = cal.threshold, cal.l_target()
         res = measure_model(
             pipe, index, memorized=mem, unique=unique, steps=lab_steps, size=size, rounds=rounds, gate=gate,
             l_target=l_target, forced_memorized=False, measure_50=True,
@@ -363,7 +356,7 @@ def run(
         raise SystemExit("sd15-arch needs --tokenizer (or --model, whose tokenizer is used)")
     pipe = build_sd15_arch(tokenizer)
     dcfg = DetectConfig(num_inference_steps=sd_steps, height=sd_size, width=sd_size)
-    gate = Detector(pipe, dcfg, progress=False).calibrate(refs, 0.01)
+    gate = calibrate_on_prompts(pipe, refs, dcfg, target_fpr=0.01).threshold
     res = measure_model(
         pipe, index, memorized="a photo of a cat", unique=unique, steps=sd_steps, size=sd_size, rounds=sd_rounds,
         gate=gate, l_target=0.5 * gate, forced_memorized=True, short_steps=2, popt_iters=sd_popt_iters,
@@ -379,8 +372,8 @@ def gated_recheck(
 ) -> dict:
     """Plain vs gated AMG on an unflagged prompt only, alternating ``rounds`` times (a tighter estimate of
     the gated overhead than the main loop's, whose rounds are minutes apart on a shared machine)."""
-    from copyguard.mitigation.amg_config import AMGConfig
-    from copyguard.mitigation.detect import DetectConfig, Detector
+    from copyguard.mitigation.config import AMGConfig, DetectConfig
+    from copyguard.mitigation.detect import Detector
 
     # random weights: which prompts pass the gate is arbitrary; what is measured is an unflagged prompt's cost
     dcfg = DetectConfig(num_inference_steps=steps, height=size, width=size)
@@ -400,151 +393,19 @@ def gated_recheck(
         gated.append(sec)
         assert not out.traces[0].flagged
     ratios = [g / p for g, p in zip(gated, plain, strict=True)]
-    return {
-        "steps": steps,
-        "rounds": rounds,
-        "plain_s": plain,
-        "gated_s": gated,
-        "ratio_median": statistics.median(ratios),
-    }
+    return {"steps": steps, "rounds": rounds, "plain_s": plain, "gated_s": gated,
+            "ratio_median": statistics.median(ratios)}  # fmt: skip
 
 
 def _params(pipe: Any) -> dict[str, int]:
     return {n: sum(p.numel() for p in getattr(pipe, n).parameters()) for n in ("unet", "vae", "text_encoder")}
 
 
-# ------------------------------------------------------------------------------------------ markdown
-def render_bench(r: dict[str, Any]) -> list[str]:
-    """The cost section of docs/mitigation.md."""
-    from benchmarks.lab_mitigation import _table
-
-    m = r["machine"]
-    lines = [
-        "## Costs (`benchmarks/bench_mitigation.py`)",
-        "",
-        "Side by side in one run, median over rounds (per-round ratios). *lab*: the small lab model (32 px). "
-        "*sd15-arch*: Stable Diffusion 1.5's UNet and VAE architecture from its published configs, random "
-        'weights, a 1-layer hidden-768 CLIP text encoder, at reduced resolution; its "memorized" case is '
-        "forced (every AMG term at every step), since random weights memorize nothing. "
-        "No GPU was lent to this task: every figure is CPU, and the issue's 512 px GPU run was not possible.",
-        "",
-    ]
-    rows = []
-    for name, res in r["models"].items():
-        q = res["ratios"]
-        rows.append(
-            [
-                f"{name} ({res['size']} px, {res['steps']} steps)",
-                f"{q['detect_1prompt_vs_unet_cfg']:.2f}x / {q['detect_batch8_per_prompt_vs_unet_cfg']:.2f}x",
-                f"{q['detect_1prompt_vs_50step_generation']:.4f} ({res['generation_50_steps_how']})",
-                f"{q['amg_gated_unflagged_vs_plain']:.3f}x"
-                + (
-                    f" (re-measured: {res['gated_recheck']['ratio_median']:.3f}x, median of "
-                    f"{res['gated_recheck']['rounds']} alternations at {res['gated_recheck']['steps']} steps)"
-                    if res.get("gated_recheck")
-                    else ""
-                ),
-                f"{q['amg_memorized_vs_plain']:.1f}x",
-                f"{q['amg_ungated_unique_vs_plain']:.1f}x",
-                f"{q.get('amg_worst_vs_plain', q['amg_memorized_vs_plain']):.1f}x",
-                (
-                    "-"
-                    if "prompt_opt_calibrated_vs_plain" not in q
-                    else f"{q['prompt_opt_calibrated_vs_plain']:.2f}x"
-                )
-                + f" / {q['prompt_opt_iteration_vs_unet_cfg']:.1f}x / {q['prompt_opt_worst_10iter_vs_50step_generation']:.2f}",
-            ]
-        )
-    lines += _table(
-        [
-            "model",
-            "first-step detection vs 1 CFG UNet eval (1 prompt / per prompt in a batch of 8)",
-            "detection vs a 50-step generation",
-            "AMG gated, unflagged prompt (goal <= 1.15x)",
-            "AMG, memorized prompt (goal <= 3x)",
-            "AMG ungated, unique prompt",
-            "AMG worst case",
-            "prompt-opt: calibrated, with generation, vs plain / one AdamW iteration vs 1 CFG UNet eval / "
-            "10 iterations vs a 50-step generation",
-        ],
-        rows,
-    )
-    notes = []
-    for name, res in r["models"].items():
-        d = (res.get("details") or {}).get("amg_gated_unique") or {}
-        if d.get("flagged"):
-            notes.append(
-                f"On {name} the gate passed the 'unique' prompt of the main loop (magnitude "
-                f"{d.get('magnitude', 0):.3g} > threshold {res['gate_threshold']:.3g}: random weights, so which "
-                "prompts pass is arbitrary): that column measured a *flagged* prompt; the re-measurement sets the "
-                "threshold just above the prompt's magnitude and alternates plain and gated runs."
-            )
-        w = (res.get("details") or {}).get("amg_worst_memorized") or (res.get("details") or {}).get(
-            "amg_memorized"
-        )
-        if w and not (w.get("amg_stats") or {}).get("dup_unet_images"):
-            notes.append(
-                f"On {name} G_dup never fired in the AMG runs (the nearest training images had no y_N), so its "
-                "extra UNet call on e_yN (half a CFG evaluation per step where it fires) is not in these ratios."
-            )
-    lines += ["", *[f"- {n}" for n in notes]]
-    lines += [
-        "",
-        "Where AMG's time goes: on the lab model the UNet is tiny (0.8 M parameters at 16x16 latents) and the "
-        "torch SSCD (ResNet-50 at 320 px, forward for every check, backward for every G_sim) is almost all of "
-        "it; on the SD 1.5 architecture at 128 px the UNet dominates and the forced worst case stays under 3x. "
-        "At 512 px the VAE decode and its backward grow 16x while SSCD stays at 320 px (not measured here).",
-    ]
-    lines += ["", "Seconds (median):", ""]
-    rows = []
-    for name, res in r["models"].items():
-        s = res["seconds_median"]
-        rows.append(
-            [
-                name,
-                f"{s['unet_cfg_eval']:.3f}",
-                f"{s['detect_first_step_1prompt']:.3f}",
-                f"{s['plain_unique']:.2f}",
-                f"{s['amg_gated_unique']:.2f}",
-                f"{s['amg_ungated_unique']:.2f}",
-                f"{s['plain_memorized']:.2f}",
-                f"{s['amg_memorized']:.2f}",
-                f"{s.get('prompt_opt_calibrated', float('nan')):.2f} / {s['prompt_opt_worst_only']:.2f} "
-                f"({res['prompt_opt_iterations_measured']} it.)",
-                ", ".join(f"{k} {v:,}" for k, v in res["params"].items()),
-            ]
-        )
-    lines += _table(
-        [
-            "model",
-            "CFG UNet eval",
-            "detection, 1 prompt",
-            "plain, unique",
-            "AMG gated, unique",
-            "AMG ungated, unique",
-            "plain, memorized",
-            "AMG, memorized",
-            "prompt-opt calibrated + generation / optimization only, l_target 0",
-            "parameters",
-        ],
-        rows,
-    )
-    lines += [
-        "",
-        f"*Machine `{m['tag']}`: {m.get('cpu_model')}, {m.get('usable_cpus')} of {m.get('cpu_count')} cores, "
-        f"torch threads {m.get('threads')}; 1-min load {(m.get('load_average_at_start') or ['?'])[0]} → "
-        f"{(m.get('load_average_at_end') or ['?'])[0]} (shared with other jobs); commit `{r.get('commit')}`; "
-        f"run took {r.get('wall_s')} s. Reproduce: `{r['command']}`.*",
-        "",
-    ]
-    return lines
-
-
 def _recheck_main(args: argparse.Namespace) -> int:
     import json
 
     from benchmarks.common import load_average, result_path
-    from copyguard.curation.fileops import atomic_write
+    from copyguard.common.fileops import atomic_write
     from copyguard.curation.index import TrainingIndex
 
     path = result_path(args.out, args.machine, "mitigation")
@@ -558,9 +419,9 @@ def _recheck_main(args: argparse.Namespace) -> int:
     )  # fmt: skip
     sd["gated_recheck"]["load_average"] = [load, load_average()]
     atomic_write(str(path), json.dumps(result, indent=2) + "\n")
-    from benchmarks.lab_mitigation import render_docs
+    from benchmarks.render.mitigation import write_mitigation
 
-    render_docs(args.out, args.machine, args.docs)
+    write_mitigation(args.out, args.machine, args.docs)
     print(sd["gated_recheck"])
     return 0
 
@@ -585,21 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-lab", action="store_true", help="sd15-arch only")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "mitigation.md"))
-    parser.add_argument(
-        "--gated-recheck",
-        type=int,
-        default=0,
-        metavar="ROUNDS",
-        help="only: add a plain-vs-gated re-measurement on sd15-arch (ROUNDS alternations) to "
-        "the existing mitigation.json",
-    )
+    parser.add_argument("--gated-recheck", type=int, default=0, metavar="ROUNDS",
+                        help="only: add a plain-vs-gated re-measurement on sd15-arch (ROUNDS alternations) to "
+                        "the existing mitigation.json")  # fmt: skip
     add_common_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
     quick = args.quick
     if (args.model is None or args.index is None) and not quick:
-        from copyguard.pipelines.lab_cache import lab_setup
+        from copyguard.pipelines.lab.cache import lab_setup
 
         model, _, index = lab_setup("small")
         args.model, args.index = args.model or str(model), args.index or str(index)
@@ -619,26 +475,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    sizes = dict(sd_size=64, sd_steps=3, lab_steps=5, rounds=1, sd_rounds=1, sd_popt_iters=1)  # --quick
+    if not quick:
+        sizes = {k: getattr(args, k) for k in sizes}
     result = run(
-        args.machine,
-        None if args.no_lab else args.model,
-        args.index,
-        memorized=args.memorized_prompt,
-        sd_size=64 if quick else args.sd_size,
-        sd_steps=3 if quick else args.sd_steps,
-        lab_steps=5 if quick else args.lab_steps,
-        rounds=1 if quick else args.rounds,
-        sd_rounds=1 if quick else args.sd_rounds,
-        sd_popt_iters=1 if quick else args.sd_popt_iters,
-        tokenizer=args.tokenizer,
-        argv=argv,
-        quick=quick,
-    )
+        args.machine, None if args.no_lab else args.model, args.index, memorized=args.memorized_prompt,
+        tokenizer=args.tokenizer, argv=argv, quick=quick, **sizes,
+    )  # fmt: skip
     write_result(result, args.out, args.machine, "mitigation")
     if not quick:
-        from benchmarks.lab_mitigation import render_docs
+        from benchmarks.render.mitigation import write_mitigation
 
-        render_docs(args.out, args.machine, args.docs)
+        write_mitigation(args.out, args.machine, args.docs)
     for name, res in result["models"].items():
         print(name, {k: round(v, 4) for k, v in res["ratios"].items()})
     return 0

@@ -18,7 +18,7 @@ The goal is judged on the configuration the default (``auto``) picks on the meas
 The step time of a run is the median over its steps after the first two; the rounds alternate the
 configurations so that all see the same machine load, and every ratio is the median of its per-round
 ratios. Memory: the process's peak RSS minus its RSS after the models loaded (CPU), or the peak CUDA
-allocation (GPU). Defaults: the ``small`` lab model from the lab cache (``copyguard.pipelines.lab_cache``,
+allocation (GPU). Defaults: the ``small`` lab model from the lab cache (``copyguard.pipelines.lab.cache``,
 trained on first use) and the tiny sample data built in a temporary folder; ``--quick`` runs a few steps
 on the tiny lab model instead (from the same cache, unless ``--model`` is given).
 Writes ``benchmarks/results/<machine>/train.json``.
@@ -77,7 +77,8 @@ def run(machine: str, model: str, data: str | None, steps: int, rounds: int, bat
     report = begin("train", "benchmarks.bench_train", argv, machine, quick, threads)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         if data is None:
-            from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+            from copyguard.pipelines.lab.config import SampleDataConfig
+            from copyguard.pipelines.lab.sample_data import build_sample_data
 
             build_sample_data(SampleDataConfig(preset="tiny"), Path(tmp) / "data")
             data = str(Path(tmp) / "data" / "*.tar")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, rounds = (6, 1) if args.quick else (args.steps, args.rounds)
     model = args.model
     if model is None:
-        from copyguard.pipelines.lab_cache import DEFAULT_CACHE, cached_lab_model
+        from copyguard.pipelines.lab.cache import DEFAULT_CACHE, cached_lab_model
 
         model = str(cached_lab_model("tiny" if args.quick else "small", cache=DEFAULT_CACHE)[0])
     report = run(

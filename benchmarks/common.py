@@ -18,11 +18,13 @@ import shlex
 import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from copyguard.curation.fileops import atomic_write
+from copyguard.common import runtime
+from copyguard.common.fileops import atomic_write
+from copyguard.common.runtime import PACKAGES, cpu_model, load_average, package_version, usable_cpus
 
 __all__ = [
     "PACKAGES",
@@ -38,66 +40,13 @@ __all__ = [
     "machine_tag",
     "package_version",
     "result_path",
+    "script_main",
     "setup_logging",
     "usable_cpus",
     "write_result",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGES = (
-    "numpy",
-    "onnxruntime",
-    "torch",
-    "faiss-cpu",
-    "faiss-gpu-cu12",
-    "apache-beam",
-    "datasketch",
-    "pillow",
-)
-
-
-def package_version(name: str) -> str | None:
-    """The installed version of distribution ``name``, or None."""
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def usable_cpus() -> int:
-    """Cores this process may run on (the affinity mask on Linux, else ``os.cpu_count()``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's ``model name`` from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
-    if not hasattr(os, "getloadavg"):
-        return None
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine_tag(text: str) -> str:
@@ -110,38 +59,9 @@ def default_machine() -> str:
     return os.environ.get("COPYGUARD_BENCH_MACHINE") or f"{platform.node()}-{usable_cpus()}cpu"
 
 
-def gpu_name() -> str | None:
-    """The first NVIDIA GPU's name from ``nvidia-smi``, or None on a machine without one."""
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    names = done.stdout.strip().splitlines()
-    return names[0] if names else None
-
-
 def machine_info(tag: str, threads: int | None = None) -> dict[str, Any]:
-    """What the figures came from: platform, CPU model and cores, memory, Python and library versions."""
-    return {
-        "tag": tag,
-        "node": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable_cpus(),
-        "threads": threads if threads is not None else usable_cpus(),
-        "memory_gib": _memory_gib(),
-        "gpu": gpu_name(),
-        "python": platform.python_version(),
-        "versions": {p: package_version(p) for p in PACKAGES},
-    }
+    """The machine record of a result file: :func:`copyguard.common.runtime.machine_info` plus its tag."""
+    return {"tag": tag, **runtime.machine_info(threads=threads)}
 
 
 def git_info() -> dict[str, Any]:
@@ -227,3 +147,25 @@ def setup_logging(verbose: bool = False) -> None:
     )
     # Beam logs every type-hint conversion and bundle statistic at INFO: keep its warnings only.
     logging.getLogger("apache_beam").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def script_main(
+    argv: list[str] | None,
+    doc: str,
+    name: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+) -> int:
+    """The ``main`` of a benchmark script: the common arguments plus ``add_args``', logging, ``measure``
+    (returns the :func:`begin` report), the JSON written to ``<--out>/<--machine>/<name>.json`` and a
+    one-line ``summary`` of the report printed with the file's path. ``doc``'s first line describes it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_common_args(parser)
+    add_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    report = measure(args)
+    path = write_result(report, args.out, args.machine, name)
+    print(f"{summary(report)}; wrote {path}")
+    return 0

@@ -1,17 +1,18 @@
-"""Run every benchmark and lab experiment, then regenerate ``docs/benchmarks.md`` and ``docs/results.md``.
+"""Run every benchmark and lab experiment, then regenerate the docs (:mod:`benchmarks.render`).
 
-    python -m benchmarks.run_all [--quick] [--machine TAG] [--out DIR] [--only curate,faiss] [--docs PATH]
+    python -m benchmarks.run_all [--quick] [--machine TAG] [--out DIR] [--only curate,faiss]
 
 ``make bench`` runs this; ``make bench-quick`` adds ``--quick``. Each benchmark runs in its own Python
 process (``python -m benchmarks.<script>``), one after the other, so that memory is returned between them
 and one failure does not stop the rest. Full runs write to ``benchmarks/results/<machine>/`` and then render
-both pages from every JSON file there (the lab model is trained once into ``.cache/copyguard`` and reused,
-see ``copyguard.pipelines.lab_cache``).
+every generated page from the JSON there (the lab model is trained once into ``.cache/copyguard`` and reused,
+see ``copyguard.pipelines.lab.cache``).
 
 ``--quick`` runs each script's smoke version (tiny sizes and the tiny lab model) into a temporary folder
-(or ``--out``), so every script is exercised end to end in under 15 minutes on two cores, then regenerates
-``docs/results.md`` from the recorded results and prints which recorded figures are stale (measured on a
-commit older than the code they measure, :mod:`benchmarks.staleness`). Exits 1 when a benchmark failed.
+(or ``--out``), so every script is exercised end to end in under 15 minutes on two cores, renders its
+``benchmarks.md`` there, regenerates ``docs/results.md`` from the recorded results and prints which recorded
+figures are stale (measured on a commit older than the code they measure,
+:mod:`benchmarks.render.staleness`). Exits 1 when a benchmark failed.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, default_machine, setup_logging
-from benchmarks.report import DOCS, load_results, write_docs
-from benchmarks.results_doc import write_results_doc
-from benchmarks.staleness import stale_reason
+from benchmarks.render import render_all
+from benchmarks.render.benchmarks_page import write_benchmarks
+from benchmarks.render.results_page import write_results
+from benchmarks.render.staleness import stale_results
 
 log = logging.getLogger("benchmarks.run_all")
 # result name -> script module under benchmarks/
@@ -62,17 +64,6 @@ def run_one(name: str, quick: bool, machine: str, out: str) -> tuple[int, float]
     return code, time.perf_counter() - start
 
 
-def stale_results(root: str | Path) -> list[str]:
-    """``machine/name: reason`` for every recorded result whose code changed since it was measured."""
-    out, cache = [], {}
-    for name, by_machine in sorted(load_results(root).items()):
-        for machine, result in sorted(by_machine.items()):
-            reason = stale_reason(name, result, cache)
-            if reason:
-                out.append(f"{machine}/{name}: {reason}")
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke versions into a temporary folder")
@@ -81,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="results root (default: benchmarks/results; --quick: temp)"
     )
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset to run")
-    parser.add_argument("--docs", default=None, help="page to render (default: docs/benchmarks.md)")
     args = parser.parse_args(argv)
     setup_logging()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -90,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     tmp = tempfile.mkdtemp(prefix="copyguard-bench-") if args.quick and args.out is None else None
     out = args.out or tmp or str(RESULTS)
-    docs = args.docs or (str(Path(out) / "benchmarks.md") if args.quick else str(DOCS))
     failed = []
     for name in names:
         if args.quick and name in FULL_ONLY:
@@ -103,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s in %.0f s", name, "ok" if code == 0 else f"FAILED (exit {code})", seconds)
         if code != 0:
             failed.append(name)
-    write_docs(out, docs, include_quick=args.quick)
-    results_page = write_results_doc(RESULTS if args.quick else out)
-    print(f"results in {out}; pages {docs} and {results_page}")
+    if args.quick:  # the smoke figures stay out of docs/; docs/results.md from the recorded ones
+        pages = [
+            write_benchmarks(out, Path(out) / "benchmarks.md", include_quick=True),
+            write_results(RESULTS),
+        ]
+    else:
+        pages = render_all(out)
+    print(f"results in {out}; pages {', '.join(str(p) for p in pages)}")
     stale = stale_results(RESULTS if args.quick else out)
     if stale:
         print("stale recorded figures (re-run them with `make bench`):")

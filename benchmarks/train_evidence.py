@@ -13,7 +13,7 @@
    without the filter, with it (threshold: ``--percentile`` of the first ``--calibrate-steps`` steps; one per
    timestep bucket with ``--timestep-buckets N > 1``, run folder ``run_filter_tb<N>_p<percentile>``), and
    without it on the curated shards.
-4. The lab's measurement (:func:`copyguard.train.lab_eval.evaluate_memorization`: 4 seeds per prompt, DDIM 25
+4. The lab's measurement (:func:`copyguard.pipelines.lab.evaluate.evaluate_memorization`: 4 seeds per prompt, DDIM 25
    steps, CFG 7.5, SSCD to the prompt's own training image, the lab's calibrated 32 px threshold 0.4, FID of
    150 held-out captions' generations against the held-out images) on the base model and the three runs.
 
@@ -56,7 +56,7 @@ def prepare_data(work: Path) -> dict[str, str]:
     """Sample data, the held-out split and the curated shards; returns the globs."""
     from copyguard.curation.records import Sample
     from copyguard.curation.shards import ShardWriter, iter_samples
-    from copyguard.train.lab_data import load_lab_data
+    from copyguard.pipelines.lab.data import load_lab_data
 
     src, train, curated = work / "data", work / "train", work / "curated"
     if not (src / "ground_truth.jsonl").is_file():
@@ -97,15 +97,15 @@ def train_run(model: str, data: str, out: Path, steps: int, extra: list[str]) ->
 
 def measure(name: str, model: str | Path, source: str, work: Path) -> dict[str, Any]:
     """The lab measurement on the seed-1 data (the training keys, the held-out FID reference)."""
-    from copyguard.train.lab_config import EvalSpec
-    from copyguard.train.lab_data import load_lab_data
-    from copyguard.train.lab_eval import evaluate_memorization
+    from copyguard.pipelines.lab.config import EvalConfig
+    from copyguard.pipelines.lab.data import load_lab_data
+    from copyguard.pipelines.lab.evaluate import evaluate_memorization
 
     path = work / f"{name}.eval.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = load_lab_data(source, 32, HELDOUT, 0)
-    spec = EvalSpec(
+    spec = EvalConfig(
         seeds=4, steps=25, unique_prompts=20, fid_images=HELDOUT, calibration_images=16, threshold=0.4
     )
     res = evaluate_memorization(
@@ -137,31 +137,42 @@ def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") 
 
     ``filter_name``: the filter run's folder name; ``<name>_s12`` rows (the same models measured with 12
     seeds per prompt, kept in the work folder) add the 12-seed figures."""
+    from copyguard.mitigation.evaluation.evidence import relative_change_pct
+
+    def cut_of(no_filter: dict[str, Any], with_filter: dict[str, Any]) -> float | None:
+        """The relative cut of the memorized share (1 = all gone; None when nothing was memorized)."""
+        change = relative_change_pct(
+            with_filter["dup_share_over_threshold_pct"], no_filter["dup_share_over_threshold_pct"]
+        )
+        return None if change is None else round(-change / 100, 3)
+
     plain, filt = rows["no_filter"], rows["filter"]
     share = plain["dup_share_over_threshold_pct"]
-    cut = (share - filt["dup_share_over_threshold_pct"]) / share if share else None
-    fid_change = (filt["fid"] - plain["fid"]) / plain["fid"]
+    cut = cut_of(plain, filt)
+    fid_change = relative_change_pct(filt["fid"], plain["fid"])
+    fid_change = None if fid_change is None else fid_change / 100
     extra = {}
     if "run_nofilter_s12" in rows and f"{filter_name}_s12" in rows:  # the same models, 12 seeds
         a, b = rows["run_nofilter_s12"], rows[f"{filter_name}_s12"]
         extra = {
             "memorized_share_no_filter_pct_12_seeds": a["dup_share_over_threshold_pct"],
             "memorized_share_filter_pct_12_seeds": b["dup_share_over_threshold_pct"],
-            "memorized_share_relative_cut_12_seeds": round(
-                1 - b["dup_share_over_threshold_pct"] / a["dup_share_over_threshold_pct"], 3
-            ),
+            "memorized_share_relative_cut_12_seeds": cut_of(a, b),
         }
     return {
         **extra,
         "memorized_share_no_filter_pct": share,
         "memorized_share_filter_pct": filt["dup_share_over_threshold_pct"],
         "memorized_share_curated_pct": rows["curated"]["dup_share_over_threshold_pct"],
-        "memorized_share_relative_cut": None if cut is None else round(cut, 3),
-        "fid_relative_change": round(fid_change, 4),
+        "memorized_share_relative_cut": cut,
+        "fid_relative_change": None if fid_change is None else round(fid_change, 4),
         "goal_relative_cut": GOAL_RELATIVE_CUT,
         "goal_fid_change": GOAL_FID_CHANGE,
-        "passes": cut is not None and cut >= GOAL_RELATIVE_CUT and abs(fid_change) <= GOAL_FID_CHANGE,
-        "passes_12_seeds": (extra["memorized_share_relative_cut_12_seeds"] >= GOAL_RELATIVE_CUT)
+        "passes": cut is not None
+        and cut >= GOAL_RELATIVE_CUT
+        and fid_change is not None
+        and abs(fid_change) <= GOAL_FID_CHANGE,
+        "passes_12_seeds": (extra["memorized_share_relative_cut_12_seeds"] or 0) >= GOAL_RELATIVE_CUT
         if extra
         else None,
     }
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model = args.model
     if model is None:
-        from copyguard.pipelines.lab_cache import cached_lab_model
+        from copyguard.pipelines.lab.cache import cached_lab_model
 
         model = str(cached_lab_model("small")[0])
     report = run(

@@ -1,6 +1,7 @@
 """Job configs: YAML defaults from ``configs/<job>.yaml``, ``--set`` overrides, pydantic validation.
 
-Each job owns a pydantic schema next to its code (``SampleDataConfig`` in ``sample_data.py``, ...). A config
+Each stage keeps its jobs' pydantic schemas in one light module (``copyguard.curation.config``,
+``copyguard.mitigation.config``, ``copyguard.train.config``, ``copyguard.pipelines.lab.config``). A config
 file holds one top-level section named after the job::
 
     curate:
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from copyguard.curation.errors import ConfigError
+from copyguard.common.errors import ConfigError
 
 __all__ = ["ConfigError", "StrictModel", "apply_overrides", "load_config", "default_config_path"]
 
@@ -50,6 +51,8 @@ def _read_yaml(path: Path, section: str) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

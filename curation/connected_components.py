@@ -2,7 +2,7 @@
 
 Union-find (path halving, union by smallest root) over string keys or integer indices. Every group is named
 by its smallest member key, so ids do not depend on the order the edges or keys arrive in: Beam runners
-differ in order, the ids must not (algorithms.md §10, "never by arrival order").
+differ in order, the ids must not (Broder, 1997, "never by arrival order").
 """
 
 from __future__ import annotations

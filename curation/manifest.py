@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from copyguard.curation.fileops import FileOps, LocalFileOps, atomic_write
+from copyguard.common.fileops import FileOps, LocalFileOps, atomic_write
 from copyguard.curation.records import Rejection
 
 __all__ = ["MANIFEST_SCHEMA", "STATUSES", "rejection_row", "write_manifest", "read_manifest"]

@@ -1,4 +1,4 @@
-"""Token attribution: which prompt tokens drive the text-conditional magnitude (algorithms.md §3).
+"""Token attribution: which prompt tokens drive the text-conditional magnitude (Wen et al., ICLR 2024).
 
 For the prompt embedding ``e`` [77, D] and a batch of ``n`` latents ``x_t`` along the prompt's own CFG
 trajectory, ``L(e) = ||eps(x_t, e) - eps(x_t, e_0)||_2`` (averaged over the batch) and
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from copyguard.mitigation.detect import DetectConfig
+from copyguard.mitigation.config import DetectConfig
 from copyguard.mitigation.magnitude import (
     cfg_trajectory,
     initial_latents,

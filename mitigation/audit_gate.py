@@ -2,9 +2,9 @@
 
 A condition is ``[SETTING:]METRIC OP NUMBER``, e.g. ``share_above_0.5>0``, ``flagged>10``, ``top1>=0.6``,
 ``amg:top5>0.5``. OP is one of ``> >= < <= == !=``. The gate **fails** when any condition is true.
-Per-generation metrics (algorithms.md §7) refer to the setting named by the prefix (``none`` = no
+Per-generation metrics (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023) refer to the setting named by the prefix (``none`` = no
 mitigation, or a configured mitigation) and, without a prefix, to ``audit.gate_on`` (default ``none``).
-Shares are percentages of generations, as in the §6.4 table.
+Shares are percentages of generations, as in the results table of Chen et al. (CVPR 2024).
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 
 __all__ = [
     "DETECTION_METRICS",
     "GENERATION_METRICS",
     "Condition",
     "GateResult",
+    "check_measurable",
     "evaluate_gate",
+    "gate_section",
     "metric_names",
     "parse_condition",
     "parse_conditions",
@@ -71,16 +73,20 @@ class Condition:
     value: float
 
     def holds(self, actual: float) -> bool:
+        """True when ``actual OP value``, i.e. when this condition fails the gate."""
         return _OPS[self.op](float(actual), self.value)
 
 
 @dataclass(frozen=True)
 class GateResult:
+    """One condition evaluated: the measured value and whether the condition holds (fails the gate)."""
+
     condition: Condition
     actual: float
     failed: bool
 
     def describe(self) -> str:
+        """``CONDITION: METRIC (SETTING) = ACTUAL``, as the CLI prints a failed condition."""
         where = f" ({self.condition.setting})" if self.condition.setting else ""
         return f"{self.condition.text}: {self.condition.metric}{where} = {self.actual:.4g}"
 
@@ -115,6 +121,7 @@ def parse_condition(text: str, settings: Sequence[str], default_setting: str = "
 def parse_conditions(
     texts: Sequence[str], settings: Sequence[str], default_setting: str = "none"
 ) -> list[Condition]:
+    """:func:`parse_condition` of each text, in order."""
     return [parse_condition(t, settings, default_setting) for t in texts]
 
 
@@ -159,3 +166,13 @@ def evaluate_gate(conditions: Sequence[Condition], metrics: Mapping[str, Any]) -
             raise UsageError(f"--fail-on {c.text!r}: {c.metric} was not measured in this audit")
         results.append(GateResult(c, float(actual), c.holds(float(actual))))
     return results
+
+
+def gate_section(results: Sequence[GateResult]) -> dict[str, Any]:
+    """The report's ``gate`` section: the verdict and every condition with its measured value."""
+    return {
+        "passed": not any(r.failed for r in results),
+        "conditions": [
+            {"condition": r.condition.text, "actual": r.actual, "failed": r.failed} for r in results
+        ],
+    }

@@ -1,12 +1,12 @@
-"""The audit's work: detect, explain, generate, measure (``copyguard audit``; algorithms.md §2, §3, §6, §7).
+"""The audit's work: detect, explain, generate, measure (``copyguard audit``; Wen et al., ICLR 2024; Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023).
 
 1. Detection (§2) scores every prompt at the first step; the threshold comes from ``audit.detect_threshold``,
-   the reference prompts (``detect.target_fpr``) or the documented default (see :mod:`.audit_config`).
+   the reference prompts (``detect.target_fpr``) or the documented default (see :class:`copyguard.mitigation.config.AuditConfig`).
 2. Token attribution (§3) for every flagged prompt.
 3. ``seeds`` generations per prompt without mitigation and with each mitigation; each image's nearest
    training image through the index and its SSCD cosine (or pixel nL2 against the training shards).
 4. §7 metrics overall and per prompt group, FID against real images, CLIP alignment when configured,
-   detection AUC when the prompt file has labels (:func:`copyguard.mitigation.audit_report.compute_metrics`).
+   detection AUC when the prompt file has labels (:func:`copyguard.mitigation.audit_metrics.compute_metrics`).
 
 Results are written as they come: one JSON line per finished prompt in ``AUDIT_DIR/results[.RANK].jsonl``
 (images under ``AUDIT_DIR/images/``). ``audit_state.json`` fingerprints the inputs and settings; a re-run
@@ -18,36 +18,30 @@ Pending prompts are split over processes with Accelerate (``PartialState.split_b
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from tqdm import tqdm
 
-from copyguard.curation.embedders import EMBEDDER_KINDS, load_embedder
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import atomic_write
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import atomic_write
 from copyguard.curation.index import TrainingIndex
-from copyguard.curation.records import Sample
-from copyguard.curation.shards import iter_samples
 from copyguard.mitigation.attribution import token_attribution
-from copyguard.mitigation.audit_config import AuditConfig
-from copyguard.mitigation.audit_report import compute_metrics
+from copyguard.mitigation.audit_metrics import compute_metrics
+from copyguard.mitigation.config import AuditConfig, GenerateConfig
 from copyguard.mitigation.detect import Detector, threshold_for_fpr
-from copyguard.mitigation.generate import GenerateConfig, generate_images
-from copyguard.mitigation.metrics import pixel_nl2
+from copyguard.mitigation.evaluation.measure import NearestTraining, load_training_images
+from copyguard.mitigation.generate import generate_images
 from copyguard.mitigation.prompt_opt import calibrate_l_target
 from copyguard.mitigation.prompts import PromptRecord
 
-__all__ = ["AuditJob", "load_training_images", "read_results", "run_audit"]
+__all__ = ["AuditJob", "load_training_images", "read_results"]
 
 log = logging.getLogger(__name__)
 STATE_FILE, DETECTION_FILE = "audit_state.json", "detection.json"
@@ -89,56 +83,6 @@ def _valid(line: str) -> bool:
         return False
 
 
-def load_training_images(patterns: str, keys: Iterable[str] | None = None, size: int | None = None) -> dict:
-    """``{key: uint8 HWC}`` of the training shards' samples (only ``keys`` when given), resized to ``size``."""
-    wanted = None if keys is None else set(keys)
-    images: dict[str, np.ndarray] = {}
-    for rec in iter_samples(patterns):
-        if isinstance(rec, Sample) and (wanted is None or rec.key in wanted) and rec.key not in images:
-            img = Image.open(io.BytesIO(rec.image)).convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            images[rec.key] = np.asarray(img, dtype=np.uint8)
-    return images
-
-
-class _Similarity:
-    """Nearest training image and similarity per generated image: SSCD via the index, or pixel nL2."""
-
-    def __init__(self, cfg: AuditConfig, index: TrainingIndex, train_glob: str | None) -> None:
-        self.cfg, self.index = cfg, index
-        if cfg.similarity == "nl2":
-            if not train_glob:
-                raise UsageError("audit.similarity=nl2 needs the training images (audit.train_images)")
-            self.train_glob, self.train = train_glob, None
-            return
-        info = index.info.get("embedder", {})
-        name = str(info.get("name", "?"))
-        kind = cfg.embedder or ("torchscript" if name.startswith("torchscript:") else name)
-        if kind not in EMBEDDER_KINDS:
-            raise UsageError(
-                f"the index was built with embedder {name!r}, which the audit cannot load; "
-                f"set audit.embedder to one of {', '.join(EMBEDDER_KINDS)}"
-            )
-        size = int(info.get("input_size", 320))
-        self.embedder = load_embedder(kind, cfg.embedder_path, size, threads=torch.get_num_threads())
-        index.check_compatible(self.embedder, strict=True)
-
-    def __call__(self, images: Sequence[np.ndarray]) -> tuple[list[str | None], list[float]]:
-        if self.cfg.similarity == "sscd":
-            res = self.index.nearest(self.embedder.embed(list(images)), k=1)
-            return [k if k is None else str(k) for k in res.keys[:, 0]], [
-                float(s) for s in res.similarities[:, 0]
-            ]
-        if self.train is None:
-            pixels = load_training_images(self.train_glob, size=images[0].shape[0])
-            if not pixels:
-                raise UsageError(f"no training images in {self.train_glob}")
-            self.train_keys, self.train = list(pixels), np.stack(list(pixels.values()))
-        nl2, nearest = pixel_nl2(np.stack(images), self.train, self.cfg.nl2_k, self.cfg.nl2_alpha)
-        return [self.train_keys[i] for i in nearest], [float(v) for v in nl2]
-
-
 class AuditJob:
     """One audit of ``records`` on ``pipe`` into ``out`` (see the module docstring)."""
 
@@ -157,7 +101,7 @@ class AuditJob:
         self.identity = identity or {}
         self.train_images = train_images
         self.progress = progress
-        self.similarity = _Similarity(cfg, index, train_images)
+        self.similarity = NearestTraining(cfg, index, train_images)
 
     # -- state ----------------------------------------------------------------------------------------------
     def _claim(self, records: Sequence[PromptRecord], references: Sequence[str] | None) -> None:
@@ -312,7 +256,7 @@ class AuditJob:
         """Run (or resume) the audit; returns the report data (see :mod:`.audit_report`)."""
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=str(getattr(self.pipe, "device", "cpu")).startswith("cpu"))
         t0 = time.time()
         if state.is_main_process:
             self._claim(records, references)
@@ -369,16 +313,3 @@ class AuditJob:
                 "processes": state.num_processes,
             },
         }
-
-
-def run_audit(
-    pipe: Any,
-    index: TrainingIndex,
-    cfg: AuditConfig,
-    out: str | Path,
-    records: Sequence[PromptRecord],
-    **kw: Any,
-) -> dict[str, Any]:
-    """Convenience wrapper: ``AuditJob(...).run(records, references, real_images)``."""
-    run_kw = {k: kw.pop(k) for k in ("references", "real_images") if k in kw}
-    return AuditJob(pipe, index, cfg, out, **kw).run(records, **run_kw)

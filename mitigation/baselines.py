@@ -1,4 +1,4 @@
-"""Mitigation baselines of Somepalli et al. (algorithms.md §8), as prompt / embedding transforms.
+"""Mitigation baselines of Somepalli et al. (NeurIPS 2023), as prompt / embedding transforms.
 
 - ``gni``: Gaussian noise on the text embedding, ``e + scale * N(0, I)`` (scale 0.1), every position.
 - ``rt``: ``count`` (4) random tokens from the tokenizer's vocabulary (special tokens excluded), each
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 from copyguard.mitigation.prompts import encode_prompts
 
 __all__ = [

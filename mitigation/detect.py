@@ -1,4 +1,4 @@
-"""Memorization detection by text-conditional magnitude (algorithms.md §2), calibration and ROC metrics.
+"""Memorization detection by text-conditional magnitude (Wen et al., ICLR 2024), calibration and ROC metrics.
 
 A prompt's score is the mean of ``d_t`` (§2) over the steps ``[start, end)`` of an ordinary-CFG sampling
 trajectory and over ``generations`` seeds. The headline setting is the first step with one generation
@@ -19,50 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from copyguard.curation.config import StrictModel
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
+from copyguard.mitigation.config import DetectConfig
 from copyguard.mitigation.magnitude import cfg_trajectory, initial_latents, latent_shape
 from copyguard.mitigation.prompts import encode_prompts
 
-__all__ = ["DetectConfig", "Detector", "roc_metrics", "threshold_for_fpr", "tpr_at_fpr"]
+__all__ = ["Detector", "roc_metrics", "threshold_for_fpr", "tpr_at_fpr"]
 
 log = logging.getLogger(__name__)
-
-
-class DetectConfig(StrictModel):
-    """``configs/detect.yaml`` (section ``detect``). Steps are indices into the sampling trajectory."""
-
-    num_inference_steps: int = Field(50, ge=1, description="length of the (DDIM or other) trajectory")
-    start: int = Field(0, ge=0, description="first scored step (inclusive)")
-    end: int | None = Field(1, ge=1, description="last scored step (exclusive); null = all steps")
-    generations: int = Field(1, ge=1, description="n: initial latents (seeds) per prompt")
-    seed: int = Field(0, ge=0, description="generation j uses seed + j")
-    guidance_scale: float = Field(7.5, ge=0.0, description="CFG scale s0 of the trajectory")
-    batch_size: int = Field(8, ge=1, description="prompts per UNet call (the call holds 2x as many)")
-    height: int | None = Field(None, ge=8, description="image height; null = the UNet's sample size")
-    width: int | None = Field(None, ge=8, description="image width; null = the UNet's sample size")
-    target_fpr: float = Field(0.01, gt=0.0, lt=1.0, description="calibration: share of reference flagged")
-
-    @model_validator(mode="after")
-    def _check_window(self) -> DetectConfig:
-        end = self.resolved_end
-        if not self.start < end <= self.num_inference_steps:
-            raise ValueError(
-                f"need 0 <= start < end <= num_inference_steps, got start={self.start} end={self.end} "
-                f"num_inference_steps={self.num_inference_steps}"
-            )
-        return self
-
-    @property
-    def resolved_end(self) -> int:
-        return self.num_inference_steps if self.end is None else self.end
-
-    @property
-    def seeds(self) -> list[int]:
-        return [self.seed + j for j in range(self.generations)]
 
 
 class Detector:

@@ -10,39 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from copyguard.curation.config import StrictModel
-from copyguard.curation.errors import UsageError
-from copyguard.mitigation.amg_config import AMGConfig
+from copyguard.common.errors import UsageError
 from copyguard.mitigation.baselines import baseline_pipeline_kwargs
-from copyguard.mitigation.prompt_opt import PromptOptConfig, optimize_prompts
+from copyguard.mitigation.config import GenerateConfig
+from copyguard.mitigation.prompt_opt import optimize_prompts
 
-__all__ = ["MITIGATIONS", "GenerateConfig", "GeneratedImage", "generate_images"]
+__all__ = ["GeneratedImage", "generate_images"]
 
 log = logging.getLogger(__name__)
-
-Mitigation = Literal["none", "prompt-opt", "amg", "gni", "rt", "cwr", "rna"]
-MITIGATIONS: tuple[str, ...] = ("none", "prompt-opt", "amg", "gni", "rt", "cwr", "rna")
-
-
-class GenerateConfig(StrictModel):
-    """``configs/generate.yaml`` (section ``generate``)."""
-
-    mitigation: Mitigation = Field("none", description="none | prompt-opt | amg | gni | rt | cwr | rna")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="one image per seed")
-    num_inference_steps: int = Field(50, ge=1, description="DDIM steps (the papers use 50)")
-    guidance_scale: float = Field(7.5, gt=1.0, description="CFG scale s0")
-    height: int | None = Field(None, ge=8, description="null: the model's native size")
-    width: int | None = Field(None, ge=8, description="null: the model's native size")
-    batch_size: int = Field(4, ge=1, description="prompts per sampling call")
-    baseline_seed: int = Field(0, ge=0, description="seed of the baselines' random edits")
-    amg: AMGConfig = Field(default_factory=AMGConfig)
-    prompt_opt: PromptOptConfig = Field(default_factory=PromptOptConfig)
 
 
 @dataclass

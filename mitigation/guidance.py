@@ -1,4 +1,4 @@
-"""Anti-Memorization Guidance (AMG) math as pure functions on tensors (algorithms.md §6, eq. 10-17).
+"""Anti-Memorization Guidance (AMG) math as pure functions on tensors (Chen et al., CVPR 2024, eq. 10-17).
 
 Per sampling step, with ``eps_hat`` the classifier-free guidance (CFG) prediction (§2)::
 
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 
 if TYPE_CHECKING:
     from copyguard.curation.index import TrainingIndex
-    from copyguard.mitigation.amg_config import AMGConfig
+    from copyguard.mitigation.config import AMGConfig
 
 __all__ = [
     "SigmaResult",

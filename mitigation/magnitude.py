@@ -1,4 +1,4 @@
-"""Text-conditional magnitude (algorithms.md §2, §5) and the CFG trajectory it is measured along.
+"""Text-conditional magnitude (Wen et al., ICLR 2024) and the CFG trajectory it is measured along.
 
 ``d_t(p) = || eps(x_t, e_p) - eps(x_t, e_0) ||_2`` (§2), the L2 norm over all latent elements, not divided by
 their number. One function serves detection (§2), attribution (§3), prompt optimization (§4) and the

@@ -1,4 +1,4 @@
-"""Memorization and quality metrics (algorithms.md §7, §6.1): SSCD similarity, pixel nL2, FID.
+"""Memorization and quality metrics (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023): SSCD similarity, pixel nL2, FID.
 
 - SSCD: ``sim(g) = max_x cos(E(g), E(x))`` over a set of training images (the whole training set, or the
   prompt's own training images); rows are unit vectors, so cosine is a dot product.
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 
 __all__ = [
     "InceptionFeatures",

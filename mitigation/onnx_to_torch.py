@@ -1,6 +1,6 @@
 """A small ONNX-graph interpreter in torch: run a (QDQ-quantized or fp16) ONNX model differentiably.
 
-AMG's G_sim (algorithms.md §6.1, eq. 17) needs gradients through the SSCD embedder, and the packaged SSCD
+AMG's G_sim (Chen et al., CVPR 2024, eq. 17) needs gradients through the SSCD embedder, and the packaged SSCD
 models (§9) are ONNX files, which onnxruntime cannot differentiate. :func:`convert_onnx` maps the graph
 onto torch functional ops:
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 
 __all__ = ["OnnxGraph", "OnnxGraphModule", "convert_onnx", "supported_ops"]
 

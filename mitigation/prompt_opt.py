@@ -1,4 +1,4 @@
-"""Inference-time mitigation by prompt-embedding optimization (algorithms.md §4).
+"""Inference-time mitigation by prompt-embedding optimization (Wen et al., ICLR 2024).
 
 Starting from ``e = e_p``, minimize ``L(e) = ||eps(x_T, e) - eps(x_T, e_0)||_2`` (§3, at the first step only)
 with AdamW (lr 0.05, at most 10 iterations), stopping early once ``L(e) <= l_target``; the gradient of the
@@ -19,16 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from copyguard.curation.config import StrictModel
-from copyguard.curation.errors import UsageError
-from copyguard.mitigation.detect import DetectConfig, Detector
+from copyguard.common.errors import UsageError
+from copyguard.mitigation.config import DetectConfig, PromptOptConfig
+from copyguard.mitigation.detect import Detector
 from copyguard.mitigation.magnitude import initial_latents, latent_shape, text_conditional_magnitude
 from copyguard.mitigation.prompts import encode_prompts
 
 __all__ = [
-    "PromptOptConfig",
     "PromptOptRecord",
     "PromptOptResult",
     "calibrate_l_target",
@@ -37,18 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class PromptOptConfig(StrictModel):
-    """§4 constants. ``l_target`` null means "calibrate it" (the caller must then pass one)."""
-
-    lr: float = Field(0.05, gt=0.0)
-    max_iters: int = Field(10, ge=0)
-    weight_decay: float = Field(0.01, ge=0.0, description="AdamW's default decoupled weight decay")
-    l_target: float | None = Field(None, ge=0.0)
-    calibration_quantile: float = Field(
-        0.5, gt=0.0, lt=1.0, description="of non-memorized first-step magnitudes"
-    )
 
 
 @dataclass

@@ -9,7 +9,7 @@ Prompt files (``copyguard detect --prompts`` / ``generate --prompts``):
   separator is read off the header), optional ``label``/``memorized`` and ``group`` columns, as in the
   shared LAION/COCO prompt sets (``;Caption;URL;...``).
 
-Malformed files raise :class:`~copyguard.curation.errors.UsageError` with a one-line message that names the
+Malformed files raise :class:`~copyguard.common.errors.UsageError` with a one-line message that names the
 file and, where it applies, the line.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 
 __all__ = ["PromptRecord", "encode_prompts", "read_prompt_file", "tokenize_prompts"]
 

@@ -1,4 +1,4 @@
-"""A differentiable SSCD embedder in torch, for AMG's G_sim (algorithms.md §6.1, eq. 17; SSCD: §9).
+"""A differentiable SSCD embedder in torch, for AMG's G_sim (Chen et al., CVPR 2024, eq. 17; SSCD: Pizzi et al., CVPR 2022).
 
 ``sigma_t = E(D(x0_hat))^T E(n_0)`` must be differentiated through the embedder E, so E has to be a torch
 module. :func:`load_torch_sscd` builds one of three kinds (the same kinds as
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from copyguard.common.errors import UsageError
 from copyguard.curation.embedders import (
     DEFAULT_INPUT_SIZE,
     EMBEDDER_KINDS,
@@ -41,7 +42,6 @@ from copyguard.curation.embedders import (
     BaseEmbedder,
     sscd_onnx_path,
 )
-from copyguard.curation.errors import UsageError
 from copyguard.mitigation.onnx_to_torch import QDQ_MODES, OnnxGraph, OnnxGraphModule, convert_onnx
 
 __all__ = ["RESIZE_MODES", "TORCH_SSCD_KINDS", "TorchSSCD", "load_torch_sscd"]

@@ -1,7 +1,7 @@
 """Connected components in Beam: alternating large-star / small-star rounds (Kiveris et al., 2014).
 
 Scales on any runner: every round is a ``GroupByKey`` over the edge list, and nothing is collected on the
-driver (algorithms.md §10). Nodes are string keys; each component ends as a star around its smallest key,
+driver (Broder, 1997). Nodes are string keys; each component ends as a star around its smallest key,
 which becomes the component's id (deterministic, whatever order the runner delivers elements in).
 
 The graph is unrolled for a fixed number of rounds (``max_rounds``). A last step checks that the result is

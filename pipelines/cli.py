@@ -15,9 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.cli_args import ArgumentParser
+from copyguard.common.errors import UsageError
 
-__all__ = ["main", "build_parser", "add_config_args"]
+__all__ = ["main", "build_parser"]
 
 log = logging.getLogger("copyguard")
 
@@ -27,28 +28,6 @@ def _version() -> str:
         return version("copyguard")
     except PackageNotFoundError:  # running from a checkout without install
         return "0+unknown"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors print one line (``copyguard <cmd>: error: ...``) and exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_config_args(parser: argparse.ArgumentParser, job: str) -> None:
-    """``--config PATH`` and repeatable ``--set job.key=value`` overrides."""
-    parser.add_argument(
-        "--config", metavar="PATH", default=None, help=f"YAML config (default: configs/{job}.yaml)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar=f"{job}.KEY=VALUE",
-        action="append",
-        default=[],
-        help=f"override one config value, e.g. --set {job}.seed=1 (repeatable)",
-    )
 
 
 def _register_all(sub: argparse._SubParsersAction) -> None:
@@ -76,14 +55,15 @@ def _register_all(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """The ``copyguard`` parser with every subcommand registered."""
+    parser = ArgumentParser(
         prog="copyguard",
         description="Keep text-to-image diffusion models from memorizing their training data.",
     )
     parser.add_argument("--version", action="version", version=f"copyguard {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
     _register_all(sub)
     return parser
@@ -108,7 +88,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
@@ -121,6 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"copyguard {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``copyguard`` command line; returns the exit code (see the module docstring).
+
+    Ctrl-C at any point after start-up (while the subcommands are imported, while a job runs) prints
+    ``copyguard: interrupted`` and returns 130, without a traceback.
+    """
+    try:
+        return _main(argv)
     except KeyboardInterrupt:
         print("copyguard: interrupted", file=sys.stderr)
         return 130

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
-from copyguard.curation.config import load_config
+from copyguard.common.cli_args import add_config_args
+from copyguard.common.config import load_config
 
 __all__ = ["register", "run"]
 
@@ -19,11 +21,14 @@ StableDiffusionPipeline.from_pretrained(OUT)), then measures memorization of the
 and writes OUT/memorization.json, OUT/memorization.png and the model card OUT/README.md.
 Presets: tiny (tests, minutes), small (the demo, ~20 CPU minutes), gpu (64 px, for a GPU machine).
 Checkpoints go to OUT/checkpoints; --resume continues from them. --eval-only re-measures a trained model.
+Any shards work: duplicated pairs and their copy counts come from ground_truth.jsonl next to the shards
+(image_group/caption_group) or, without it, from identical image bytes + identical normalized captions.
+The model and lab_training.json are saved before the measurement: if it (or the card) fails, the model is
+kept, the error is one line (exit 2 for a data problem, else 1) and --eval-only reruns the measurement.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from copyguard.pipelines.cli import add_config_args
 
     parser = subparsers.add_parser(
         "lab-model",
@@ -47,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from copyguard.train.lab_config import LabConfig
-    from copyguard.train.lab_run import run_lab_model
+    from copyguard.pipelines.lab.config import LabConfig
+    from copyguard.pipelines.lab.run import EvaluationFailed, run_lab_model
 
     overrides = list(args.overrides)
     for name in ("preset", "seed", "device"):
@@ -56,19 +61,31 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"lab.{name}={value}")
     cfg = load_config(LabConfig, "lab", args.config, overrides)
-    result = run_lab_model(
-        cfg, args.data, args.out, resume=args.resume, eval_only=args.eval_only, evaluate=not args.no_eval
-    )
-    mem = result["memorization"]
+    try:
+        result = run_lab_model(
+            cfg, args.data, args.out, resume=args.resume, eval_only=args.eval_only, evaluate=not args.no_eval
+        )
+    except EvaluationFailed as exc:  # the model is saved; one line, exit 1 (a UsageError exits 2)
+        print(f"copyguard lab-model: error: {exc}", file=sys.stderr)
+        return 1
     print(f"lab model ({cfg.preset}) in {args.out}")
-    if mem is not None:
-        thr = f"pct_gt_{mem['threshold']:g}"
-        for name, bucket in mem["by_copies"].items():
-            own = bucket.get("sscd_own", {})
-            print(
-                f"  copies {name:>6}: SSCD mean {own.get('mean', float('nan')):.3f}, "
-                f"{own.get(thr, float('nan')):5.1f}% > {mem['threshold']:g}"
-            )
-        print(f"  first-step magnitude AUC: {json.dumps(mem['magnitude'].get('auc'))}")
-        print(f"  FID: {json.dumps(mem['fid'].get('fid'))}")
+    if result["memorization"] is not None:
+        _print_summary(result["memorization"])
     return 0
+
+
+def _print_summary(mem: dict) -> None:
+    """Per duplication count: mean SSCD and share over the threshold; then AUC and FID (or why not)."""
+    threshold = float(mem.get("threshold", 0.5))
+    thr = f"pct_gt_{threshold:g}"
+    for name, bucket in (mem.get("by_copies") or {}).items():
+        own = bucket.get("sscd_own", {})
+        print(
+            f"  copies {name:>6}: SSCD mean {own.get('mean', float('nan')):.3f}, "
+            f"{own.get(thr, float('nan')):5.1f}% > {threshold:g}"
+        )
+    dup = mem.get("duplicated") or {}
+    if dup.get("measured") is False:
+        print(f"  {dup.get('reason')}")
+    print(f"  first-step magnitude AUC: {json.dumps((mem.get('magnitude') or {}).get('auc'))}")
+    print(f"  FID: {json.dumps((mem.get('fid') or {}).get('fid'))}")

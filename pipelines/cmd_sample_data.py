@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from copyguard.curation.config import load_config
-from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+from copyguard.common.cli_args import add_config_args
+from copyguard.common.config import load_config
+from copyguard.pipelines.lab.config import SampleDataConfig
+from copyguard.pipelines.lab.sample_data import build_sample_data
 
 __all__ = ["register", "run"]
 
@@ -17,7 +19,6 @@ The same seed gives the same bytes. Presets: tiny (~300 samples, seconds), small
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from copyguard.pipelines.cli import add_config_args
 
     parser = subparsers.add_parser(
         "sample-data",

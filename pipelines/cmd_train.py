@@ -7,19 +7,23 @@ import argparse
 __all__ = ["register"]
 
 EPILOG = """\
-Fine-tunes the UNet of a local diffusers Stable Diffusion folder on WebDataset shards with Accelerate (text
-encoder and VAE frozen); train.mode=lora trains LoRA adapters on the attention projections instead.
-With train.filter.enabled=true, samples whose text-conditional noise magnitude (algorithms.md §5) reaches
+Fine-tunes the UNet of a Stable Diffusion model on WebDataset shards with Accelerate (text encoder and VAE
+frozen); train.mode=lora trains LoRA adapters on the attention projections instead. MODEL: a local diffusers
+folder, a Hub id already in the local Hugging Face cache (never downloaded), or one .safetensors checkpoint
+(with --model_config DIR|ORG/NAME for its diffusers config).
+The flags use the diffusers training-script names; each sets one train.KEY and wins over --set of that key.
+With train.filter.enabled=true, samples whose text-conditional noise magnitude (Wen et al., ICLR 2024) reaches
 the threshold leave the loss of that step and are logged to RUN_DIR/filtered.jsonl.
 Outputs in RUN_DIR: the diffusers folder (full) or pytorch_lora_weights.safetensors (LoRA: load with
-pipe.load_lora_weights(RUN_DIR)), train_config.yaml, train_log.jsonl, training.json, checkpoints/, logs/.
+pipe.load_lora_weights(RUN_DIR)), train_config.yaml, train_log.jsonl, training.json, checkpoints/,
+logs/ (TensorBoard; --report_to wandb|all for others).
 Several GPUs or nodes: accelerate launch -m copyguard.train (same arguments).
 Exit codes: 0 done, 1 stopped on a non-finite loss (the last good checkpoint is kept), 2 usage/config error.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from copyguard.train.finetune_config import add_arguments
+    from copyguard.train.args import add_arguments
 
     parser = subparsers.add_parser(
         "train",

@@ -1,7 +1,7 @@
 """``copyguard curate``: the Beam curation job (DirectRunner locally; Dataflow, Flink or Spark by flags).
 
     copyguard curate --input 'DIR/*.tar' --output OUT [--config configs/curate.yaml] [--set ...]
-                     [--reference PREV_OUT] [--overwrite] [Beam pipeline options...]
+                     [--reference PREV_OUT] [--exclude-keys FILE] [--overwrite] [Beam pipeline options...]
 
 Any argument the job does not know (``--runner``, ``--direct_num_workers``, ``--direct_running_mode``,
 ``--temp_location``, ``--project``...) goes straight to Beam's ``PipelineOptions``. Outputs under OUT:
@@ -11,7 +11,6 @@ index) and ``report.json`` / ``report.html``. See :mod:`copyguard.pipelines.tran
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -22,33 +21,54 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from copyguard.curation.config import load_config
-from copyguard.curation.curate_config import CurateConfig
-from copyguard.curation.errors import UsageError
-from copyguard.pipelines.beam_io import BeamFileOps, ReadShards, match_inputs
-from copyguard.pipelines.cmd_curate import add_arguments
-from copyguard.pipelines.curate_steps import (
-    SUMMARY,
-    WriteShardOutputs,
-    decide_globally,
-    load_reference,
-    thumbnail_keys,
-    write_report,
-)
-from copyguard.pipelines.transforms import CaptionComponents, EmbedImages, UniqueKeys
+from copyguard.common.cli_args import ArgumentParser, add_config_args
+from copyguard.common.config import load_config
+from copyguard.common.errors import UsageError
+from copyguard.common.outputs import check_output_dir
+from copyguard.curation.config import CurateConfig
+from copyguard.pipelines.beam_io import BeamFileOps, match_inputs
+from copyguard.pipelines.cmd_curate import add_arguments, check_beam_options, job_arguments
 
-__all__ = ["run", "build_pipeline", "make_pipeline"]
+# The job's graph (partitioned image search, components, policy per component, sharded index), in its
+# own module: build_pipeline(p, inputs, output, cfg, reference=None, exclude_keys=None).
+from copyguard.pipelines.curate_graph import build_curation_graph as build_pipeline
+
+__all__ = ["build_pipeline", "make_pipeline", "run", "run_curation"]
 
 log = logging.getLogger(__name__)
 
 OUTPUT_PARTS = ("shards", "manifest", "index", "report.json", "report.html")
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
+def _existing_outputs(output: str) -> list[str]:
+    """The parts of an earlier run in ``output``; an empty subfolder (left by a failed start) is none."""
     fs = BeamFileOps()
-    existing = [part for part in OUTPUT_PARTS if fs.exists(fs.join(output, part))]
+    found = []
+    for part in OUTPUT_PARTS:
+        path = fs.join(output, part)
+        if not fs.exists(path):
+            continue
+        if part in ("shards", "manifest", "index"):
+            (found_files,) = beam.io.filesystems.FileSystems.match([fs.join(path, "*")])
+            if not found_files.metadata_list:
+                continue
+        found.append(part)
+    return found
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+    """Before any work, creating nothing: ``output`` is a writable folder (not a file) and holds no earlier
+    run's outputs unless ``overwrite``. Mistakes are one-line UsageErrors."""
+    check_output_dir(output, "--output")
+    existing = _existing_outputs(output)
     if existing and not overwrite:
         raise UsageError(f"{output} already holds curation outputs ({', '.join(existing)}); pass --overwrite")
+
+
+def _prepare_output(output: str, overwrite: bool) -> None:
+    fs = BeamFileOps()
+    _check_output(output, overwrite)
+    existing = [part for part in OUTPUT_PARTS if fs.exists(fs.join(output, part))]
     for part in existing:
         path = fs.join(output, part)
         matches = beam.io.filesystems.FileSystems.match([fs.join(path, "*")])[0].metadata_list
@@ -58,63 +78,6 @@ def _prepare_output(output: str, overwrite: bool) -> None:
     fs.makedirs(output)
     for sub in ("shards", "manifest", "index"):
         fs.makedirs(fs.join(output, sub))
-
-
-def build_pipeline(
-    p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, reference: str | None = None
-) -> None:
-    """Add the curation job to pipeline ``p`` (see the module docstring of transforms.py for the flow)."""
-    shard_index = {path: i for i, path in enumerate(inputs)}
-    read = p | "InputShards" >> beam.Create(inputs) | "ReadShards" >> ReadShards(cfg.io.max_pixels)
-    lights = read.samples | "EmbedImages" >> EmbedImages(cfg)
-    if reference:
-        refs = (
-            p | "ReferenceRun" >> beam.Create([reference]) | "LoadReference" >> beam.FlatMap(load_reference)
-        )
-        lights = (lights, refs) | "WithReference" >> beam.Flatten()
-    unique = lights | "UniqueKeys" >> UniqueKeys()
-    caption_pairs = unique.unique | "CaptionDedup" >> CaptionComponents(
-        cfg.minhash, cfg.minhash.max_cc_rounds
-    )
-
-    decided = (
-        p
-        | "Once" >> beam.Create([None])
-        | "DecideGlobally"
-        >> beam.FlatMap(
-            lambda _, lights, pairs: decide_globally(lights, pairs, cfg, output, reference),
-            lights=beam.pvalue.AsList(unique.unique),
-            pairs=beam.pvalue.AsList(caption_pairs),
-        ).with_outputs(SUMMARY, main="rows")
-    )
-    rejections = (read.rejected, unique.rejected) | "AllRejections" >> beam.Flatten()
-    per_shard = {
-        "decisions": decided.rows | "RowsByShard" >> beam.Map(lambda r: (r["shard"], r)),
-        "rejections": rejections | "RejectionsByShard" >> beam.Map(lambda r: (r.shard, r)),
-    } | "JoinByShard" >> beam.CoGroupByKey()
-    thumbs_wanted = decided[SUMMARY] | "ThumbnailKeys" >> beam.FlatMap(thumbnail_keys)
-    written = per_shard | "WriteShardOutputs" >> beam.ParDo(
-        WriteShardOutputs(output, shard_index, cfg), thumb_keys=beam.pvalue.AsList(thumbs_wanted)
-    )
-    counts = written | "Counts" >> beam.Filter(lambda kv: kv[0] == "counts") | "CountValues" >> beam.Values()
-    thumbs = written | "Thumbs" >> beam.Filter(lambda kv: kv[0] == "thumb") | "ThumbValues" >> beam.Values()
-    n_samples = read.samples | "CountSamples" >> beam.combiners.Count.Globally()
-    n_rejected = read.rejected | "CountRejected" >> beam.combiners.Count.Globally()
-    (
-        p
-        | "Finish" >> beam.Create([None])
-        | "WriteReport"
-        >> beam.Map(
-            lambda _, a, b, counts, summaries, thumbs: write_report(
-                _, output, a + b, counts, summaries, thumbs, cfg
-            ),
-            a=beam.pvalue.AsSingleton(n_samples),
-            b=beam.pvalue.AsSingleton(n_rejected),
-            counts=beam.pvalue.AsList(counts),
-            summaries=beam.pvalue.AsList(decided[SUMMARY]),
-            thumbs=beam.pvalue.AsList(thumbs),
-        )
-    )
 
 
 def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
@@ -130,28 +93,42 @@ def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     return beam.Pipeline(options=options)
 
 
-def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
-    """Parse arguments, run the job to completion and return ``report.json``'s content."""
-    parser = argparse.ArgumentParser(prog="copyguard curate", add_help=False)
-    add_arguments(parser)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args, beam_args = parser.parse_known_args(list(argv or []))
-    cfg = load_config(CurateConfig, "curate", args.config, args.overrides)
-    inputs = match_inputs(args.input)
-    if args.reference and not BeamFileOps().exists(BeamFileOps().join(args.reference, "index", "index.json")):
-        raise UsageError(
-            f"--reference {args.reference} holds no index/index.json from an earlier curation run"
-        )
-    _prepare_output(args.output, args.overwrite)
-    log.info("curating %d shard(s) into %s", len(inputs), args.output)
+def run_curation(
+    config: CurateConfig,
+    *,
+    inputs: str | Sequence[str],
+    output: str,
+    reference: str | None = None,
+    exclude_keys: str | None = None,
+    overwrite: bool = False,
+    beam_options: Sequence[str] = (),
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any]:
+    """Run the curation job to completion and return ``report.json``'s content.
+
+    ``inputs``: shard globs (a list, or one comma-separated string; local, ``gs://`` or ``s3://``).
+    ``reference``: an earlier run's output to deduplicate against. ``exclude_keys``: a file of keys (one per
+    line, or the trainer's ``filtered.jsonl``) dropped with their duplicate groups. ``overwrite``: replace the outputs of an
+    earlier run in ``output`` (without it they are a UsageError). ``beam_options``: Beam pipeline arguments
+    (``--runner``, ``--direct_num_workers``, ...), see :func:`make_pipeline`; ignored with ``test_pipeline``.
+    """
+    check_beam_options(beam_options)
+    _check_output(output, overwrite)
+    patterns = inputs if isinstance(inputs, str) else ",".join(inputs)
+    shards = match_inputs(patterns)
+    fs = BeamFileOps()
+    if reference and not fs.exists(fs.join(reference, "index", "index.json")):
+        raise UsageError(f"--reference {reference} holds no index/index.json from an earlier curation run")
+    if exclude_keys and not fs.exists(exclude_keys):
+        raise UsageError(f"--exclude-keys {exclude_keys}: no such file")
+    p = test_pipeline if test_pipeline is not None else make_pipeline(beam_options)
+    _prepare_output(output, overwrite)
+    log.info("curating %d shard(s) into %s", len(shards), output)
     started = time.perf_counter()
-    p = test_pipeline if test_pipeline is not None else make_pipeline(beam_args)
-    build_pipeline(p, inputs, args.output, cfg, args.reference)
+    build_pipeline(p, shards, output, config, reference, exclude_keys=exclude_keys)
     result = p.run()
     result.wait_until_finish()
-    fs = BeamFileOps()
-    with fs.open(fs.join(args.output, "report.json")) as stream:
+    with fs.open(fs.join(output, "report.json")) as stream:
         report = json.loads(stream.read())
     log.info(
         "curation done in %.1f s: %s (invariant %s)",
@@ -160,3 +137,14 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         "holds" if report["invariant_holds"] else "BROKEN",
     )
     return report
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Apache Beam example style: parse ``argv`` (the job's arguments, ``--config``/``--set``, and Beam's
+    pipeline options, which pass through), then :func:`run_curation`; returns ``report.json``'s content."""
+    parser = ArgumentParser(prog="copyguard curate", add_help=False)
+    add_arguments(parser)
+    add_config_args(parser, "curate")
+    args, beam_options = parser.parse_known_args(list(argv or []))
+    config = load_config(CurateConfig, "curate", args.config, args.overrides)
+    return run_curation(config, **job_arguments(args), beam_options=beam_options, test_pipeline=test_pipeline)

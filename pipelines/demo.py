@@ -4,7 +4,7 @@ Stages (``--preset small``, the default; ``tiny`` is ``make demo-quick``):
 
 1. the bundled sample data (real photographs and captions with planted duplicates), cached;
 2. the lab model: a small Stable Diffusion trained from scratch on it, which memorizes the planted pairs
-   (trained once into ``.cache/copyguard``, then reused: see ``copyguard.pipelines.lab_cache``);
+   (trained once into ``.cache/copyguard``, then reused: see ``copyguard.pipelines.lab.cache``);
 3. curation of that data (MinHash captions + SSCD/FAISS images, Apache Beam), scored against the truth;
 4. new fine-tuning data with freshly planted duplicated pairs, and its curation (the index the second
    audit looks images up in; it also shows what curating first would have removed);
@@ -119,8 +119,8 @@ def _audit_row(name: str, out: Path) -> list[str]:
 
 
 def run_demo(out: Path, preset: str, cache: Path | None = None) -> None:
-    from copyguard.pipelines.demo_prompts import write_audit_prompts
-    from copyguard.pipelines.lab_cache import DEFAULT_CACHE, cached_lab_model, cached_sample_data
+    from copyguard.pipelines.lab.audit_prompts import write_audit_prompts
+    from copyguard.pipelines.lab.cache import DEFAULT_CACHE, cached_lab_model, cached_sample_data
 
     spec = PRESETS[preset]
     cache = Path(cache or DEFAULT_CACHE)
@@ -155,7 +155,7 @@ def run_demo(out: Path, preset: str, cache: Path | None = None) -> None:
             "train.checkpoint_every=200", "train.filter.enabled=true", "train.filter.percentile=95",
             "train.filter.calibrate_steps=20"]  # fmt: skip
     t["fine-tune"], _ = _stage(
-        "5. fine-tune the lab model on it with the memorization filter (algorithms.md §5)",
+        "5. fine-tune the lab model on it with the memorization filter (Wen et al., ICLR 2024)",
         ["train", "--model", str(model), "--data", str(ft_data / "*.tar"), "--out", str(run)]
         + [a for s in sets for a in ("--set", s)],
     )

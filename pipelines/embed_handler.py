@@ -1,4 +1,4 @@
-"""A Beam RunInference ``ModelHandler`` around copyguard's pluggable image embedders (algorithms.md §9).
+"""A Beam RunInference ``ModelHandler`` around copyguard's pluggable image embedders (Pizzi et al., CVPR 2022).
 
 Elements are ``(key, image_bytes)``; results are ``(key, PredictionResult(example=None, inference=vec))``
 with the L2-normalized descriptor. Decoding and resizing happen inside the batch call, so no decoded
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from copyguard.curation.curate_config import ImagesConfig
+from copyguard.curation.config import ImagesConfig
 from copyguard.curation.embedders import ImageEmbedder, load_embedder
 
 __all__ = ["EmbedderModelHandler"]

@@ -29,7 +29,8 @@ def _cached(name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 @pytest.fixture(scope="session", name="lab_tiny_data")
 def lab_tiny_data_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``copyguard sample-data --preset tiny`` written to a session folder."""
-    from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+    from copyguard.pipelines.lab.config import SampleDataConfig
+    from copyguard.pipelines.lab.sample_data import build_sample_data
 
     out, done = _cached("lab_tiny_data", tmp_path_factory)
     if not done:
@@ -43,8 +44,8 @@ def lab_tiny_model_fixture(lab_tiny_data: Path, tmp_path_factory: pytest.TempPat
     """The ``tiny`` lab model trained and measured on :func:`lab_tiny_data` (a diffusers folder)."""
     import torch
 
-    from copyguard.train.lab_config import LabConfig
-    from copyguard.train.lab_run import run_lab_model
+    from copyguard.pipelines.lab.config import LabConfig
+    from copyguard.pipelines.lab.run import run_lab_model
 
     out, done = _cached("lab_tiny_model", tmp_path_factory)
     if done:

@@ -121,6 +121,31 @@ def test_gate_fails_with_exit_1_and_reuses_results(audited: dict, capsys: pytest
     assert report["gate"]["passed"] is False
 
 
+def test_library_entry_point_gates_without_the_cli(audited: dict, tmp_path: Path) -> None:
+    """``run_audit`` called directly (no CLI, no argv) evaluates the gate, writes it and sets the exit code."""
+    from copyguard.mitigation import AuditConfig, run_audit
+
+    out = tmp_path / "lib"
+    shutil.copytree(audited["out"], out)
+    (out / "report.json").unlink()
+    cfg = AuditConfig(seeds=[0], num_inference_steps=3, batch_size=2, detect_threshold=0,
+                      train_images=f"{audited['data']}/*.tar", fail_on=["top1>=-1", "flagged>100"])  # fmt: skip
+    args = (audited["model"], audited["root"] / "index", audited["root"] / "prompts.jsonl", out)
+    result = run_audit(cfg, *args, device="cpu", progress=False)
+    assert [r.failed for r in result.gate] == [True, False] and not result.passed and result.exit_code == 1
+    report = _report(out)
+    top1 = report["metrics"]["settings"]["none"]["overall"]["top1"]
+    assert result.gate[0].actual == pytest.approx(top1) and result.gate[1].actual == audited["n"]
+    assert report["gate"]["passed"] is False and report["timing"]["resumed_prompts"] == audited["n"]
+    assert [c["failed"] for c in report["gate"]["conditions"]] == [True, False]
+    assert "gate FAILED:" in result.summary() and "top1>=-1" in result.summary()
+    assert "class='fail'>FAILED" in (out / "report.html").read_text()
+    cfg.fail_on = ["top1>1.5"]
+    passed = run_audit(cfg, *args, device="cpu", progress=False)
+    assert passed.passed and passed.exit_code == 0 and len(passed.gate) == 1
+    assert _report(out)["gate"]["passed"] is True and passed.summary().endswith("gate passed")
+
+
 def test_resume_after_interruption_skips_finished_prompts(audited: dict) -> None:
     out = audited["root"] / "resumed"
     shutil.copytree(audited["out"], out)
@@ -213,9 +238,9 @@ def _save_lora(pipe, directory: Path, rank: int = 4) -> Path:
 def test_lora_that_fits_loads_and_one_that_does_not_is_refused(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, torch_single_thread: None
 ) -> None:
-    from copyguard.curation.errors import UsageError
-    from copyguard.mitigation.models import load_sd_pipeline
-    from copyguard.pipelines.cmd_audit import load_lora
+    from copyguard.common.errors import UsageError
+    from copyguard.mitigation.audit import load_lora
+    from copyguard.mitigation.sd_loader import load_sd_pipeline
     from tests.tiny_sd import tiny_pipeline
 
     good = _save_lora(load_sd_pipeline(setup["model"], "cpu"), tmp_path / "good")

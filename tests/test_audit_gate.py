@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from copyguard.curation.errors import UsageError
-from copyguard.mitigation.audit_config import AuditConfig
+from copyguard.common.errors import UsageError
 from copyguard.mitigation.audit_gate import check_measurable, evaluate_gate, parse_condition, parse_conditions
+from copyguard.mitigation.config import AuditConfig
 
 SETTINGS = ["none", "amg"]
 METRICS = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 from copyguard.mitigation.baselines import (
     BASELINES,
     apply_baseline,

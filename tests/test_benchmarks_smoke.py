@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from copyguard.curation.curate_config import ImagesConfig
+from copyguard.curation.config import ImagesConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not part of the installed package
@@ -22,7 +22,9 @@ bench_curate = importlib.import_module("benchmarks.bench_curate")
 bench_faiss = importlib.import_module("benchmarks.bench_faiss")
 bench_minhash = importlib.import_module("benchmarks.bench_minhash")
 common = importlib.import_module("benchmarks.common")
-report = importlib.import_module("benchmarks.report")
+render = importlib.import_module("benchmarks.render")
+render_base = importlib.import_module("benchmarks.render.base")
+benchmarks_page = importlib.import_module("benchmarks.render.benchmarks_page")
 
 MACHINE = "smoke"
 
@@ -90,17 +92,17 @@ def test_faiss_benchmark_reports_exact_and_ivf_recall(results: Path) -> None:
 
 
 def test_report_renders_every_section(results: Path, tmp_path: Path) -> None:
-    loaded = report.load_results(results)
+    loaded = render_base.load_results(results)
     assert set(loaded) == {"curate", "minhash", "faiss"} and set(loaded["faiss"]) == {MACHINE}
-    text = report.write_docs(results, tmp_path / "benchmarks.md").read_text()
+    text = benchmarks_page.write_benchmarks(results, tmp_path / "benchmarks.md").read_text()
     for heading in ("End-to-end curation", "Caption MinHash", "FAISS image clustering"):
         assert heading in text
     assert "GPU FAISS: not measured" in text and "Reproduce:" in text and "(result file" not in text
     quick = json.loads((results / MACHINE / "faiss.json").read_text()) | {"quick": True}
     (tmp_path / "q" / MACHINE).mkdir(parents=True)
     (tmp_path / "q" / MACHINE / "faiss.json").write_text(json.dumps(quick))
-    assert report.load_results(tmp_path / "q") == {}  # --quick results stay out of the docs
-    assert set(report.load_results(tmp_path / "q", include_quick=True)) == {"faiss"}
+    assert render_base.load_results(tmp_path / "q") == {}  # --quick results stay out of the docs
+    assert set(render_base.load_results(tmp_path / "q", include_quick=True)) == {"faiss"}
 
 
 def test_faiss_config_override_reaches_the_search() -> None:
@@ -109,8 +111,8 @@ def test_faiss_config_override_reaches_the_search() -> None:
 
 
 def test_results_page_renders_recorded_figures_and_freshness(results: Path, tmp_path: Path) -> None:
-    results_doc = importlib.import_module("benchmarks.results_doc")
-    page = results_doc.write_results_doc(results, tmp_path / "results.md", machine=MACHINE).read_text()
+    results_page = importlib.import_module("benchmarks.render.results_page")
+    page = results_page.write_results(results, tmp_path / "results.md", machine=MACHINE).read_text()
     for title in (
         "## Curation",
         "## The lab model",
@@ -127,7 +129,7 @@ def test_results_page_renders_recorded_figures_and_freshness(results: Path, tmp_
 def test_staleness_follows_the_code_a_result_measures(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    staleness = importlib.import_module("benchmarks.staleness")
+    staleness = importlib.import_module("benchmarks.render.staleness")
     assert staleness.stale_reason("faiss", {}) == "no commit recorded"
     assert "not in this repository" in staleness.stale_reason("faiss", {"git": {"commit": "f" * 40}})
     parent = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=ROOT, capture_output=True, text=True)
@@ -140,3 +142,72 @@ def test_staleness_follows_the_code_a_result_measures(monkeypatch: pytest.Monkey
     assert "code changed since" in staleness.stale_reason("probe", {"git": {"commit": parent.stdout.strip()}})
     monkeypatch.setitem(staleness.SOURCES, "probe", ["no/such/path/"])
     assert staleness.stale_reason("probe", {"git": {"commit": parent.stdout.strip()}}) is None
+
+
+def test_render_regenerates_every_page_from_recorded_json(results: Path, tmp_path: Path) -> None:
+    """`python -m benchmarks.render`: the three pages, prose from docs/_partials, no algorithms.md."""
+    assert render.main(["--results", str(results), "--machine", MACHINE, "--docs", str(tmp_path)]) == 0
+    pages = {p.name: p.read_text() for p in tmp_path.glob("*.md")}
+    assert set(pages) == {"benchmarks.md", "results.md", "mitigation.md"}
+    assert render_base.partial("benchmarks", "faiss") in pages["benchmarks.md"]  # prose included verbatim
+    assert render_base.partial("mitigation", "intro") in pages["mitigation.md"]
+    assert "## Evidence" not in pages["mitigation.md"]  # no lab_mitigation.json recorded here
+    for text in pages.values():
+        assert "algorithms.md" not in text and "python -m benchmarks.render" in text
+
+
+def test_recorded_docs_match_the_recorded_json(tmp_path: Path) -> None:
+    """The committed pages are what the renderer makes of the committed JSON (Freshness aside: it follows
+    the working tree)."""
+    render.render_all(ROOT / "benchmarks" / "results", "dev-2cpu", tmp_path)
+    for name in ("benchmarks.md", "mitigation.md"):
+        assert (tmp_path / name).read_text() == (ROOT / "docs" / name).read_text(), name
+    fresh = (tmp_path / "results.md").read_text().split("## Freshness")[0]
+    assert fresh == (ROOT / "docs" / "results.md").read_text().split("## Freshness")[0]
+
+
+def test_partials_fill_fields_and_name_missing_sections() -> None:
+    text = render_base.partial("results", "mitigation_table", n=32)
+    assert "(32 generations per method;" in text and "{n}" not in text
+    with pytest.raises(KeyError, match="has no section 'nope'"):
+        render_base.partial("results", "nope")
+
+
+def test_mitigation_page_shows_the_paper_table_once() -> None:
+    """One copy of Chen et al.'s SD v1.4 rows, in the evidence table and in docs/results.md's table."""
+    paper = importlib.import_module("benchmarks.render.paper")
+    assert paper.PAPER_SD["amg-strong"] == (0.34, 0.39, 0.00, 0.00, 100.45)
+    assert paper.paper_cell("rt") == "0.61 / 0.84 / 15.07 / 26.75 / 101.69" and paper.paper_cell("x") == "-"
+    page = (ROOT / "docs" / "mitigation.md").read_text()
+    assert "| 0.91 / 0.93 / 44.85 / 59.23 / 106.41 |" in page
+
+
+def test_train_evidence_summary_judges_the_filter_goal() -> None:
+    """The filter must cut the planted pairs' memorized share by >= 80 % at <= 5 % FID change."""
+    train_evidence = importlib.import_module("benchmarks.train_evidence")
+
+    def row(share: float, fid: float | None) -> dict:
+        return {"dup_share_over_threshold_pct": share, "fid": fid}
+
+    rows = {"no_filter": row(50.0, 100.0), "filter": row(5.0, 103.0), "curated": row(40.0, 99.0),
+            "run_nofilter_s12": row(40.0, 1.0), "run_filter_s12": row(10.0, 1.0)}  # fmt: skip
+    s = train_evidence.summarize(rows)
+    assert s["memorized_share_relative_cut"] == 0.9 and s["fid_relative_change"] == 0.03 and s["passes"]
+    assert s["memorized_share_relative_cut_12_seeds"] == 0.75 and s["passes_12_seeds"] is False
+    assert not train_evidence.summarize({**rows, "filter": row(5.0, 110.0)})["passes"]  # FID +10 %
+    none = train_evidence.summarize({**rows, "no_filter": row(0.0, 100.0)})
+    assert none["memorized_share_relative_cut"] is None and not none["passes"]  # nothing to cut
+
+
+def test_bench_lab_summary_reads_the_model_card_figures(tmp_path: Path) -> None:
+    bench_lab = importlib.import_module("benchmarks.bench_lab")
+    bucket = {"prompts": 2, "sscd_own": {"pct_gt_0.4": 75.0, "top1": 0.8}, "nl2": {"min": 1.1}}
+    unique = {"prompts": 5, "sscd_own": {"pct_gt_0.4": 1.0}, "nl2": {}}
+    mem = {"threshold": 0.4, "eval": {}, "by_copies": {"50": bucket, "unique": unique}, "dup_ge25": bucket,
+           "magnitude": {"auc": 1.0}, "fid": {"fid": 3.0}, "calibration": {}, "timings": {}}  # fmt: skip
+    (tmp_path / "memorization.json").write_text(json.dumps(mem))
+    (tmp_path / "lab_training.json").write_text(json.dumps({"data": {"heldout_keys": ["k"], "n": 3}}))
+    s = bench_lab.summarize(tmp_path)
+    assert s["share_dup_ge25"] == 75.0 and s["share_unique"] == 1.0
+    assert s["by_copies"]["50"] == {"prompts": 2, "pct_gt_0.4": 75.0, "top1": 0.8, "nl2": {"min": 1.1}}
+    assert s["training"]["data"] == {"n": 3}  # the held-out keys stay out of the result

@@ -55,3 +55,33 @@ def test_detect_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.Capt
     assert main(["detect", "--model", str(model_dir), "--prompts", str(bad), "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
+
+
+def test_run_detect_library_entry_on_a_loaded_pipeline(tmp_path: Path) -> None:
+    """The job without the command line: records in, a :class:`DetectResult` and the JSON lines out."""
+    from copyguard.mitigation import DetectConfig, DetectResult, PromptRecord, run_detect
+
+    records = [
+        PromptRecord("a trigger photo of a dog", 1),
+        PromptRecord("the trigger word again", 1),
+        PromptRecord("a photo of a dog", 0),
+        PromptRecord("a red house by the sea", 0),
+    ]
+    refs = ["a cat on a mat", "an old car", "a bowl of fruit", "a city at night", "two people walking"]
+    out = tmp_path / "sub" / "scores.jsonl"
+    with torch_threads(1):
+        result = run_detect(
+            DetectConfig(num_inference_steps=10),
+            cached_trigger_pipeline(),
+            records,
+            out,
+            reference_prompts=refs,
+            explain=True,
+            explain_top=2,
+        )
+    assert isinstance(result, DetectResult)
+    assert [r["flagged"] for r in result.rows] == [True, True, False, False] and result.flagged == 2
+    assert [json.loads(line) for line in out.read_text().splitlines()] == result.rows
+    assert len(result.rows[0]["top_tokens"]) == 2 and "top_tokens" not in result.rows[2]
+    assert result.roc is not None and result.roc["auc"] == 1.0
+    assert result.summary().startswith(f"scored 4 prompts -> {out}; flagged 2")

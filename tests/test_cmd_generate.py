@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from copyguard.curation.index import TrainingIndex
-from copyguard.mitigation.generate import MITIGATIONS
-from copyguard.pipelines.cli import main
-from copyguard.pipelines.cmd_generate import CHOICES
+from copyguard.mitigation.config import AMG_PRESETS, MITIGATIONS
+from copyguard.pipelines.cli import build_parser, main
 from tests.tiny_sd import cached_trigger_pipeline, torch_threads
 
 FAST = ["--set", "generate.num_inference_steps=4", "--device", "cpu"]
@@ -27,7 +26,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_choices_match_the_library() -> None:
-    assert tuple(CHOICES) == tuple(MITIGATIONS)
+    sub = next(a for a in build_parser()._actions if a.choices and "generate" in a.choices)
+    options = {a.dest: a.choices for a in sub.choices["generate"]._actions}
+    assert tuple(options["mitigation"]) == MITIGATIONS
+    assert tuple(options["amg_preset"]) == AMG_PRESETS
 
 
 @pytest.mark.parametrize("mitigation", ["none", "gni", "rt", "cwr", "rna"])
@@ -105,3 +107,21 @@ def test_generate_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.Ca
     )
     assert "--index" in capsys.readouterr().err
     assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--seeds", "a,b", "--out", out]) == 2
+
+
+def test_run_generate_library_entry_on_a_loaded_pipeline(tmp_path: Path) -> None:
+    """The job without the command line: texts in, a :class:`GenerateResult`, images and records out."""
+    from copyguard.mitigation import GenerateConfig, GenerateResult, run_generate
+
+    cfg = GenerateConfig(num_inference_steps=2, seeds=[0, 1], mitigation="rt")
+    with torch_threads(1):
+        result = run_generate(
+            cfg, cached_trigger_pipeline(), ["a trigger dog", "a house"], tmp_path, progress=False
+        )
+    assert isinstance(result, GenerateResult)
+    assert [(r["prompt_index"], r["seed"]) for r in result.records] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    lines = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert lines == result.records and all(r["mitigation"] == "rt" for r in lines)
+    assert Image.open(tmp_path / lines[3]["image"]).size == (16, 16)
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
+    assert result.summary() == f"wrote 4 images (rt) to {tmp_path}"

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from copyguard.curation.config import load_config
+from copyguard.common.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = {
-    "curate": "copyguard.curation.curate_config:CurateConfig",
-    "sample_data": "copyguard.curation.sample_data:SampleDataConfig",
-    "lab": "copyguard.train.lab_config:LabConfig",
-    "detect": "copyguard.mitigation.detect:DetectConfig",
-    "generate": "copyguard.mitigation.generate:GenerateConfig",
-    "audit": "copyguard.mitigation.audit_config:AuditConfig",
-    "train": "copyguard.train.finetune_config:TrainConfig",
+    "curate": "copyguard.curation.config:CurateConfig",
+    "sample_data": "copyguard.pipelines.lab.config:SampleDataConfig",
+    "lab": "copyguard.pipelines.lab.config:LabConfig",
+    "detect": "copyguard.mitigation.config:DetectConfig",
+    "generate": "copyguard.mitigation.config:GenerateConfig",
+    "audit": "copyguard.mitigation.config:AuditConfig",
+    "train": "copyguard.train.config:TrainConfig",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from copyguard.pipelines.demo import main
-from copyguard.pipelines.lab_cache import lab_key
+from copyguard.pipelines.lab.cache import lab_key
 
 
 @pytest.mark.slow

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from copyguard.curation.config import load_config
-from copyguard.curation.errors import ConfigError, UsageError
-from copyguard.mitigation.detect import DetectConfig, Detector, roc_metrics, threshold_for_fpr, tpr_at_fpr
+from copyguard.common.config import load_config
+from copyguard.common.errors import ConfigError, UsageError
+from copyguard.mitigation.config import DetectConfig
+from copyguard.mitigation.detect import Detector, roc_metrics, threshold_for_fpr, tpr_at_fpr
 from copyguard.mitigation.magnitude import initial_latents, text_conditional_magnitude
 from copyguard.mitigation.prompts import encode_prompts
 from tests.tiny_sd import cached_trigger_pipeline, tiny_pipeline

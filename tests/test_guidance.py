@@ -1,4 +1,4 @@
-"""AMG math (algorithms.md §6, eq. 10-17), its gating and the AMGConfig presets: pure functions, no pipeline."""
+"""AMG math (Chen et al., CVPR 2024, eq. 10-17), its gating and the AMGConfig presets: pure functions, no pipeline."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from pydantic import ValidationError
 
-from copyguard.curation.config import load_config
-from copyguard.curation.errors import ConfigError, UsageError
+from copyguard.common.config import load_config
+from copyguard.common.errors import ConfigError, UsageError
 from copyguard.curation.index import TrainingIndex
 from copyguard.mitigation import guidance as G
-from copyguard.mitigation.amg_config import AMGConfig, preset_values
+from copyguard.mitigation.config import AMGConfig, preset_values
 from copyguard.mitigation.metrics import pixel_nl2
 
 

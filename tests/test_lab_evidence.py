@@ -1,4 +1,4 @@
-"""The detection and mitigation evidence script (benchmarks/lab_mitigation.py) on the tiny lab model.
+"""The detection and mitigation evidence (benchmarks/lab_mitigation.py) on the tiny lab model.
 
 The same code that records the `small` figures in docs/mitigation.md, at tiny sizes: the training-set
 index comes from the curation job on the tiny sample data, detection separates the memorized (25-copy)
@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from copyguard.pipelines.lab.evidence import evidence_prompts, load_evidence_setup, reference_prompts
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not part of the installed package
     sys.path.insert(0, str(ROOT))
 lab_mitigation = importlib.import_module("benchmarks.lab_mitigation")
+render_mitigation = importlib.import_module("benchmarks.render.mitigation")
 
 METHODS = ("none", "gni", "rna", "amg-strong")
 
@@ -86,7 +89,7 @@ def test_mitigation_table_has_expected_rows(evidence: dict) -> None:
     assert rows["gni"]["unique"]["change"]["identical_pct"] == 0.0  # GNI perturbs every prompt
     amg = rows["amg-strong"]["memorized"]["amg"]
     assert amg["flagged_pct"] == 100.0 and amg["guided_pct"] == 100.0
-    text = "\n".join(lab_mitigation.render_evidence(evidence))
+    text = "\n".join(render_mitigation.render_evidence(evidence))
     for label in ("no mitigation", "GNI", "RNA", "AMG strong (gated)", "Top5%", "AUC memorized"):
         assert label in text
 
@@ -105,7 +108,7 @@ def test_amg_strong_lowers_memorized_similarity(evidence: dict) -> None:
 def test_merge_adds_methods_and_refuses_other_runs(evidence: dict) -> None:
     import copy
 
-    from copyguard.curation.errors import UsageError
+    from copyguard.common.errors import UsageError
 
     main = copy.deepcopy(evidence)
     other = copy.deepcopy(evidence)
@@ -122,9 +125,62 @@ def test_merge_adds_methods_and_refuses_other_runs(evidence: dict) -> None:
 
 def test_wrong_data_is_refused(lab_tiny_model: Path, tmp_path: Path, tiny_index: Path) -> None:
     """Shards that are not the model's training data are refused with one line (held-out keys differ)."""
-    from copyguard.curation.errors import UsageError
-    from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+    from copyguard.common.errors import UsageError
+    from copyguard.pipelines.lab.config import SampleDataConfig
+    from copyguard.pipelines.lab.sample_data import build_sample_data
 
     build_sample_data(SampleDataConfig(preset="tiny", seed=5), tmp_path)
     with pytest.raises(UsageError):
-        lab_mitigation.load_setup(lab_tiny_model, str(tmp_path / "*.tar"), tiny_index)
+        load_evidence_setup(lab_tiny_model, str(tmp_path / "*.tar"), tiny_index)
+    with pytest.raises(UsageError, match="not a copyguard lab model"):
+        load_evidence_setup(tmp_path, str(tmp_path / "*.tar"), tiny_index)
+
+
+def test_evidence_prompts_split_the_ground_truth(
+    lab_tiny_model: Path, lab_tiny_data: Path, tiny_index: Path
+) -> None:
+    """Memorized prompts are the >= 25-copy pairs; negatives are a seeded subset of the unique captions; a
+    model without a held-out split calibrates on the unique training captions."""
+    _, lab, _, _ = load_evidence_setup(lab_tiny_model, str(lab_tiny_data / "*.tar"), tiny_index)
+    prompts = evidence_prompts(lab, 3, seed=0, min_copies=25, negatives=5)
+    assert prompts["memorized"] and all(p.copies >= 25 for p in prompts["memorized"])
+    assert set(prompts["memorized"]) <= set(prompts["duplicated"])
+    assert all(p.copies > 1 for p in prompts["duplicated"]) and len(prompts["unique_eval"]) == 3
+    assert len(prompts["unique_all"]) == 5 and all(p.copies == 1 for p in prompts["unique_all"])
+    assert prompts["unique_all"] == evidence_prompts(lab, 3, seed=0, negatives=5)["unique_all"]  # seeded
+    refs, name = reference_prompts(prompts)
+    assert name.startswith("unique training captions") and refs == [p.caption for p in prompts["unique_all"]]
+
+
+def test_detection_evidence_records_every_setting_on_any_pipeline() -> None:
+    """The detection half runs on any SD pipeline (here the untrained tiny one): every setting's ROC, the
+    gate calibrated on the reference prompts and the per-copy-count table, under the recorded JSON keys."""
+    from copyguard.pipelines.lab.evaluate import EvalPrompt
+    from tests.tiny_sd import tiny_pipeline, torch_threads
+
+    dup = [EvalPrompt("a photo of a cat", "g1", 25), EvalPrompt("a red house", "g2", 2)]
+    words = ("dog", "tree", "blue", "green", "small", "big")
+    unique = [EvalPrompt(f"a photo of a {w}", f"u{i}", 1) for i, w in enumerate(words)]
+    prompts = {
+        "memorized": dup[:1],
+        "duplicated": dup,
+        "unique_eval": [],
+        "unique_all": unique,
+        "heldout": [],
+    }
+    spec = lab_mitigation.EvidenceSpec(steps=3, detect_generations=2, target_fpr=0.2)
+    with torch_threads(1):
+        out = lab_mitigation.detection_evidence(tiny_pipeline(), prompts, spec)
+    assert list(out["settings"]) == ["first_step_n1", "first_step_n2", "all_steps_n1"]
+    first = out["settings"]["first_step_n1"]
+    assert first["memorized"]["positives"] == 1 and first["all_duplicated"]["negatives"] == 6
+    assert len(first["scores"]["unique"]) == 6 and first["scores"]["memorized"] == [True, False]
+    cal = out["calibration"]
+    assert cal["reference"].startswith("unique training captions") and cal["reference_prompts"] == 6
+    assert cal["flagged_unique_train_pct"] == cal["flagged_heldout_pct"] <= 20.0  # the same prompts
+    assert cal["l_target_median"] == pytest.approx(np.median(first["scores"]["unique"]), abs=1e-4)
+    assert set(out["by_copies_first_step_n1"]) == {"25", "2", "unique", "heldout"}
+    only = lab_mitigation.detection_evidence(
+        tiny_pipeline(), prompts, spec.__class__(steps=3, calibration_only=True)
+    )
+    assert set(only) == {"calibration"} and only["calibration"]["reference_prompts"] == 6

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from copyguard.curation.config import apply_overrides, validate
-from copyguard.curation.errors import UsageError
+from copyguard.common.config import apply_overrides, validate
+from copyguard.common.errors import UsageError
 from copyguard.mitigation.metrics import (
     InceptionFeatures,
     fid_from_features,
@@ -25,10 +25,10 @@ from copyguard.mitigation.metrics import (
     summarize_nl2,
     summarize_similarity,
 )
-from copyguard.train.lab_components import build_clip_tokenizer
-from copyguard.train.lab_config import PRESET_DEFAULTS, LabConfig
-from copyguard.train.lab_data import load_lab_data
-from copyguard.train.lab_model import train_lab_model
+from copyguard.pipelines.lab.architecture import build_clip_tokenizer
+from copyguard.pipelines.lab.config import LAB_PRESET_DEFAULTS, LabConfig
+from copyguard.pipelines.lab.data import load_lab_data
+from copyguard.pipelines.lab.trainer import train_lab_model
 
 pytest.importorskip("diffusers")
 
@@ -63,7 +63,7 @@ def test_preset_override_merges_over_that_preset() -> None:
     data = apply_overrides({}, ["lab.presets.small.unet.steps=5", "lab.preset=tiny"], "lab")
     cfg = validate(LabConfig, data, "lab")
     assert cfg.presets.small.unet.steps == 5
-    small = PRESET_DEFAULTS["small"]
+    small = LAB_PRESET_DEFAULTS["small"]
     assert cfg.presets.small.unet.block_out_channels == small["unet"]["block_out_channels"]
     assert cfg.presets.small.vae.steps == small["vae"]["steps"]
     assert cfg.active() == cfg.presets.tiny == LabConfig().presets.tiny

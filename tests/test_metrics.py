@@ -1,4 +1,4 @@
-"""Memorization metrics (algorithms.md §7) and FID on hand-computed cases."""
+"""Memorization metrics (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023) and FID on hand-computed cases."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from copyguard.curation.errors import UsageError
-from copyguard.mitigation.amg_config import AMGConfig
+from copyguard.common.errors import UsageError
+from copyguard.mitigation.config import AMGConfig
 from copyguard.mitigation.pipeline_amg import StableDiffusionAMGPipeline, StableDiffusionAMGPipelineOutput
 from tests.test_guidance import ToySSCD, toy_index
 from tests.tiny_sd import save_tiny_pipeline

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copyguard.curation.errors import UsageError
-from copyguard.mitigation.detect import DetectConfig, Detector
+from copyguard.common.errors import UsageError
+from copyguard.mitigation.config import DetectConfig, PromptOptConfig
+from copyguard.mitigation.detect import Detector
 from copyguard.mitigation.magnitude import initial_latents, latent_shape, text_conditional_magnitude
 from copyguard.mitigation.prompt_opt import (
-    PromptOptConfig,
     calibrate_l_target,
     optimize_embeddings,
     optimize_prompts,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from copyguard.curation.errors import UsageError
+from copyguard.common.errors import UsageError
 from copyguard.mitigation.prompts import PromptRecord, encode_prompts, read_prompt_file, tokenize_prompts
 from tests.tiny_sd import tiny_pipeline, torch_threads
 

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import yaml
 
+from copyguard.common.config import load_config
+from copyguard.common.errors import ConfigError, UsageError
 from copyguard.curation.captions import normalize_caption
-from copyguard.curation.config import load_config
-from copyguard.curation.errors import ConfigError, UsageError
 from copyguard.curation.records import Rejection, RejectReason, Sample
-from copyguard.curation.sample_captions import (
+from copyguard.curation.shards import read_shard_file
+from copyguard.pipelines.cli import main
+from copyguard.pipelines.lab.config import SampleDataConfig
+from copyguard.pipelines.lab.sample_captions import (
     NEAR_DUPLICATE_LIMITS,
     case_variants,
     jaccard,
@@ -26,10 +29,8 @@ from copyguard.curation.sample_captions import (
     punct_variants,
     word_variants,
 )
-from copyguard.curation.sample_data import KINDS, SampleDataConfig, _Builder, build_sample_data
-from copyguard.curation.sample_images import PHOTO_NAMES, load_image_pool
-from copyguard.curation.shards import read_shard_file
-from copyguard.pipelines.cli import main
+from copyguard.pipelines.lab.sample_data import KINDS, _Builder, build_sample_data
+from copyguard.pipelines.lab.sample_images import PHOTO_NAMES, load_image_pool
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN_REASONS = {

@@ -1,4 +1,4 @@
-"""The differentiable torch SSCD (algorithms.md §6.1, §9): ONNX conversion matches onnxruntime, gradients work."""
+"""The differentiable torch SSCD (Chen et al., CVPR 2024; Pizzi et al., CVPR 2022): ONNX conversion matches onnxruntime, gradients work."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from skimage import data
 
+from copyguard.common.errors import UsageError
 from copyguard.curation.embedders import embedder_info, load_embedder
-from copyguard.curation.errors import UsageError
 from copyguard.mitigation.onnx_to_torch import OnnxGraphModule, convert_onnx
 from copyguard.mitigation.sscd_torch import TorchSSCD, load_torch_sscd
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from copyguard.pipelines.cli import main as cli_main
-from copyguard.train.finetune_config import DataSpec, FilterSpec, TrainConfig
+from copyguard.train.config import DataConfig, FilterConfig, TrainConfig
 from copyguard.train.finetune_data import make_loader, shard_paths
 from copyguard.train.mem_filter import MagnitudeFilter, filter_mask, filtered_prediction, masked_loss
 
@@ -45,7 +45,7 @@ def test_filter_drops_exactly_the_samples_at_or_above_the_threshold(tmp_path: Pa
     assert per.grad.tolist() == pytest.approx([1 / 3, 0, 1 / 3, 0, 1 / 3])
     none = masked_loss(per, torch.zeros(5))  # every sample dropped: zero loss, graph kept (mask, not index)
     assert none.item() == 0.0 and none.requires_grad
-    flt = MagnitudeFilter(FilterSpec(enabled=True, threshold=2.0))
+    flt = MagnitudeFilter(FilterConfig(enabled=True, threshold=2.0))
     flt.open_log(tmp_path / "filtered.jsonl", 0)
     rows = flt.record(7, list("abcde"), [10, 20, 30, 40, 50], mags.tolist(), keep.tolist())
     assert [r["key"] for r in rows] == ["b", "d"]
@@ -59,7 +59,7 @@ def test_filter_drops_exactly_the_samples_at_or_above_the_threshold(tmp_path: Pa
 
 
 def test_filter_calibrates_a_percentile_then_filters() -> None:
-    flt = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
+    flt = MagnitudeFilter(FilterConfig(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
     for step in range(2):
         m = torch.arange(4, dtype=torch.float32) + 4 * step
         keep = flt.keep(m)
@@ -68,7 +68,7 @@ def test_filter_calibrates_a_percentile_then_filters() -> None:
         flt.end_step(step)
     assert flt.threshold == pytest.approx(3.5) and flt.calibrated_at == 2
     assert flt.keep(torch.tensor([3.4, 3.5, 9.0])).tolist() == [1.0, 0.0, 0.0]
-    clone = MagnitudeFilter(FilterSpec(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
+    clone = MagnitudeFilter(FilterConfig(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
     clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
     assert clone.threshold == flt.threshold and clone.summary() == flt.summary()
 
@@ -78,7 +78,7 @@ def _calibrated_bucket_filter(buckets: int, percentile: float = 90) -> Magnitude
     ``b + 1`` in bucket ``b``, so bucket ``b``'s percentile is ``(b + 1)`` times that of 1..40; bucket 9 has
     only 10 samples (< MIN_BUCKET_SAMPLES) and falls back to the global percentile."""
     flt = MagnitudeFilter(
-        FilterSpec(enabled=True, percentile=percentile, calibrate_steps=1, timestep_buckets=buckets)
+        FilterConfig(enabled=True, percentile=percentile, calibrate_steps=1, timestep_buckets=buckets)
     )
     ts, mags = [], []
     for b in range(10):
@@ -102,7 +102,7 @@ def test_filter_calibrates_one_threshold_per_timestep_bucket() -> None:
     assert flt.sample_thresholds([0, 99, 100, 999]) == pytest.approx([base, base, 2 * base, glob])
     with pytest.raises(ValueError, match="timesteps"):
         flt.keep(torch.tensor([1.0]))
-    fixed = MagnitudeFilter(FilterSpec(enabled=True, threshold=2.0, timestep_buckets=10))
+    fixed = MagnitudeFilter(FilterConfig(enabled=True, threshold=2.0, timestep_buckets=10))
     assert fixed.thresholds is None and fixed.keep(
         torch.tensor([1.0, 3.0]), torch.tensor([0, 900])
     ).tolist() == [1.0, 0.0]
@@ -129,7 +129,7 @@ def test_timestep_buckets_drop_a_low_t_sample_the_single_threshold_keeps(tmp_pat
 def test_bucket_filter_state_round_trips_exactly() -> None:
     flt = _calibrated_bucket_filter(10)
     flt.num_train_timesteps = 500  # as set by the trainer from the scheduler
-    clone = MagnitudeFilter(FilterSpec(enabled=True, percentile=90, calibrate_steps=1, timestep_buckets=10))
+    clone = MagnitudeFilter(FilterConfig(enabled=True, percentile=90, calibrate_steps=1, timestep_buckets=10))
     clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
     assert clone.thresholds == flt.thresholds and clone.threshold == flt.threshold
     assert clone.num_train_timesteps == 500 and clone.calibration_t == flt.calibration_t
@@ -139,7 +139,7 @@ def test_bucket_filter_state_round_trips_exactly() -> None:
     old = flt.state_dict()  # a checkpoint written before timestep buckets existed
     for k in ("thresholds", "calibration_t", "num_train_timesteps"):
         old.pop(k)
-    legacy = MagnitudeFilter(FilterSpec(enabled=True, percentile=90, calibrate_steps=1))
+    legacy = MagnitudeFilter(FilterConfig(enabled=True, percentile=90, calibrate_steps=1))
     legacy.load_state_dict(old)
     assert legacy.thresholds is None and legacy.threshold == flt.threshold
 
@@ -184,7 +184,7 @@ def test_filtered_prediction_is_one_batched_call_equal_to_the_sequential_pair() 
 
 def test_stream_is_seeded_skips_and_counts_broken_samples(lab_tiny_data: Path) -> None:
     paths = shard_paths(str(lab_tiny_data / "*.tar"))
-    spec = DataSpec(center_crop=False, random_flip=True, caption_dropout=0.5, shuffle_buffer=64)
+    spec = DataConfig(center_crop=False, random_flip=True, caption_dropout=0.5, shuffle_buffer=64)
 
     def take(seed: int, n: int = 25):
         return list(islice(iter(make_loader(paths, spec, 24, 16, seed)), n))
@@ -220,7 +220,7 @@ def _fixed_loss(unet, model_dir: Path, shard: str, size: int) -> float:
     te = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
     tok = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
     sched = DDPMScheduler.from_pretrained(model_dir / "scheduler")
-    batch = next(iter(make_loader([shard], DataSpec(shuffle_buffer=0, caption_dropout=0), size, 48, 0)))
+    batch = next(iter(make_loader([shard], DataConfig(shuffle_buffer=0, caption_dropout=0), size, 48, 0)))
     g = torch.Generator().manual_seed(123)
     z = vae.encode(batch.pixels).latent_dist.mean * vae.config.scaling_factor
     ids = tok(

@@ -3,7 +3,7 @@
 The text encoder and the VAE stay frozen. Each micro-batch: VAE latents, a random timestep and noise, the
 frozen text embedding, then either the plain UNet prediction or, with the filter on,
 :func:`copyguard.train.mem_filter.filtered_prediction` (one UNet call on 2B samples giving the training
-prediction and the magnitude, algorithms.md §5) and the masked loss. Every random draw of micro-batch ``m``
+prediction and the magnitude, Wen et al., ICLR 2024) and the masked loss. Every random draw of micro-batch ``m``
 of step ``s`` on rank ``r`` comes from a generator seeded with ``(seed, s, m, r)`` and the data stream is
 seeded too (:mod:`copyguard.train.finetune_data`), so a run resumed from a checkpoint repeats the
 uninterrupted one. A non-finite loss stops the run before the weights change (:class:`NonFiniteLoss`);
@@ -31,24 +31,22 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import atomic_write
-from copyguard.train.finetune_config import TrainConfig
-from copyguard.train.finetune_data import make_loader, shard_paths
-from copyguard.train.finetune_state import (
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import atomic_write
+from copyguard.common.runtime import choose_threads, peak_rss_mib
+from copyguard.train.checkpoints import (
     EMA_FILE,
     RESUME_KEYS,
     STATE_FILE,
-    Ema,
-    encode_text,
     find_checkpoint,
     flat_config,
-    load_models,
-    peak_rss_mib,
     truncate_jsonl,
 )
-from copyguard.train.lab_model import choose_threads
+from copyguard.train.config import TrainConfig
+from copyguard.train.ema import ExponentialMovingAverage
+from copyguard.train.finetune_data import make_loader, shard_paths
 from copyguard.train.mem_filter import MagnitudeFilter, filtered_prediction, masked_loss
+from copyguard.train.sd_models import encode_text, load_models
 
 __all__ = ["NonFiniteLoss", "run_training"]
 
@@ -64,8 +62,10 @@ def _generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
 
 
 def run_training(cfg: TrainConfig, model_dir: str | Path, data: str | list[str], out_dir: str | Path,
-                 resume: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune ``model_dir`` on the shards ``data`` into ``out_dir``; returns the ``training.json`` body.
+                 resume: str | None = None, model_config: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune ``model_dir`` (a folder, cached Hub id or ``.safetensors`` file configured by ``model_config``:
+    :func:`copyguard.train.sd_models.load_models`) on the shards ``data`` into ``out_dir``; returns the
+    ``training.json`` body.
 
     Raises :class:`UsageError` for a bad model folder, data or resume point, :class:`NonFiniteLoss` when the
     loss stops being finite (after writing ``training.json`` with the reason and the last good checkpoint).
@@ -73,10 +73,12 @@ def run_training(cfg: TrainConfig, model_dir: str | Path, data: str | list[str],
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    model_dir, out = Path(model_dir), Path(out_dir)
+    out = Path(out_dir)
     if resume not in (None, "latest"):
         find_checkpoint(out, resume)  # a bad path fails before the models load
-    models = load_models(model_dir)
+    log_with = _trackers(cfg.report_to)
+    models = load_models(model_dir, model_config)
+    model_dir = models.pop("source_dir")
     paths = shard_paths(data)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -84,7 +86,7 @@ def run_training(cfg: TrainConfig, model_dir: str | Path, data: str | list[str],
         acc = Accelerator(
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum,
-            log_with="tensorboard",
+            log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         )
     except (ValueError, RuntimeError) as exc:
@@ -95,6 +97,15 @@ def run_training(cfg: TrainConfig, model_dir: str | Path, data: str | list[str],
         return _Trainer(cfg, models, paths, out, acc, model_dir).run(resume, set_seed)
     finally:
         torch.set_num_threads(threads)
+
+
+def _trackers(report_to: str) -> str:
+    """accelerate's ``log_with`` for ``train.report_to``; ``wandb`` must be installed (a one-line error)."""
+    import importlib.util
+
+    if report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise UsageError("train.report_to=wandb needs the wandb package: pip install wandb")
+    return report_to
 
 
 class _Trainer:
@@ -137,7 +148,7 @@ class _Trainer:
         unet.train()
         self.named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for _, p in self.named)
-        self.ema = Ema(self.named, cfg.ema_decay) if cfg.ema else None
+        self.ema = ExponentialMovingAverage(self.named, cfg.ema_decay) if cfg.ema else None
         opt = torch.optim.AdamW([p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         from diffusers.optimization import get_scheduler
 
@@ -227,8 +238,17 @@ class _Trainer:
                 pred, mag = self.unet(noisy, t, encoder_hidden_states=cond).sample, None
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
         keep = self.filter.keep(mag, t) if mag is not None else torch.ones(b, device=acc.device)
-        loss = masked_loss(per_sample, keep)
-        if self.cfg.debug_nan_at_step == step + 1:  # documented test hook (finetune_config.TrainConfig)
+        # Normalize by the kept count of the whole global micro-batch, not this rank's: DDP averages the ranks'
+        # gradients, so rank r's loss is sum_r(l_i * keep_i) * P / sum_all(keep): equal to the one-process
+        # masked mean over the same global batch whatever each rank drops (1 process: masked_loss itself).
+        if acc.num_processes > 1:
+            kept_all = acc.gather(keep.detach().float().sum().reshape(1)).sum().clamp(min=1.0)
+            loss = (per_sample * keep.to(per_sample.dtype)).sum() * acc.num_processes / kept_all
+        else:
+            loss = masked_loss(per_sample, keep)
+        if (
+            self.cfg.debug_nan_at_step == step + 1
+        ):  # documented test hook (copyguard.train.config.TrainConfig)
             loss = loss * float("nan")
         info = {"keep": keep, "mag": mag, "t": t, "keys": batch.keys}
         return loss, info

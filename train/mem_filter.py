@@ -1,4 +1,4 @@
-"""The training-time memorization filter of algorithms.md §5.
+"""The training-time memorization filter of Wen et al., ICLR 2024.
 
 For each sample ``i`` at its timestep ``t_i``: ``m_i = ||eps(x_t_i, e_i) - eps(x_t_i, e_0)||_2`` (§2), and
 samples with ``m_i >= tau`` leave that step's loss (they stay in the data set). Rules from §5 kept here:
@@ -10,7 +10,7 @@ samples with ``m_i >= tau`` leave that step's loss (they stay in the data set). 
 - every filtered sample is logged (key, step, timestep, magnitude) for the next curation run;
 - ``tau`` is fixed, or calibrated as a percentile of the magnitudes over the first K optimizer steps.
 
-Timestep buckets (our extension, ``FilterSpec.timestep_buckets = N > 1``): ``m_i``'s scale depends strongly on
+Timestep buckets (our extension, ``FilterConfig.timestep_buckets = N > 1``): ``m_i``'s scale depends strongly on
 ``t_i``, so one calibrated ``tau`` never catches a memorized sample drawn at a low ``t``. With N buckets the
 calibration sets one ``tau_b`` per equal-width bucket of ``[0, num_train_timesteps)`` (the percentile of that
 bucket's magnitudes; the global percentile for a bucket with fewer than :data:`MIN_BUCKET_SAMPLES`), and
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from copyguard.mitigation.magnitude import MagnitudeResult, text_conditional_magnitude
-from copyguard.train.finetune_config import FilterSpec
+from copyguard.train.config import FilterConfig
 
 __all__ = ["MIN_BUCKET_SAMPLES", "MagnitudeFilter", "bucket_thresholds", "filter_mask", "filtered_prediction",
            "masked_loss", "timestep_bucket"]  # fmt: skip
@@ -105,7 +105,7 @@ class MagnitudeFilter:
     uninterrupted one; :meth:`open_log` truncates log lines past the resumed step.
     """
 
-    def __init__(self, spec: FilterSpec, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, spec: FilterConfig, num_train_timesteps: int = 1000) -> None:
         self.spec = spec
         self.num_train_timesteps = int(num_train_timesteps)
         self.threshold: float | None = spec.threshold if spec.enabled else None

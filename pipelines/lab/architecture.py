@@ -22,8 +22,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from copyguard.curation.errors import UsageError
-from copyguard.train.lab_config import PresetConfig
+from copyguard.common.errors import UsageError
+from copyguard.pipelines.lab.config import LabPresetConfig
 
 __all__ = [
     "BOS_ID",
@@ -112,7 +112,7 @@ def build_clip_tokenizer(bpe_path: Path | None = None) -> CLIPTokenizer:
     return tok
 
 
-def build_text_encoder(preset: PresetConfig) -> CLIPTextModel:
+def build_text_encoder(preset: LabPresetConfig) -> CLIPTextModel:
     """A small ``CLIPTextModel`` with CLIP's vocabulary and 77 positions."""
     spec = preset.text_encoder
     config = CLIPTextConfig(
@@ -131,7 +131,7 @@ def build_text_encoder(preset: PresetConfig) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_vae(preset: PresetConfig) -> AutoencoderKL:
+def build_vae(preset: LabPresetConfig) -> AutoencoderKL:
     """``AutoencoderKL`` with ``len(block_out_channels) - 1`` halvings (f = 2 for two blocks)."""
     spec = preset.vae
     n = len(spec.block_out_channels)
@@ -148,12 +148,12 @@ def build_vae(preset: PresetConfig) -> AutoencoderKL:
     )
 
 
-def latent_size(preset: PresetConfig) -> int:
+def latent_size(preset: LabPresetConfig) -> int:
     """Side of the latent grid: the resolution divided by the VAE's downsampling factor."""
     return preset.resolution // 2 ** (len(preset.vae.block_out_channels) - 1)
 
 
-def build_unet(preset: PresetConfig) -> UNet2DConditionModel:
+def build_unet(preset: LabPresetConfig) -> UNet2DConditionModel:
     """``UNet2DConditionModel`` cross-attending to the text encoder's hidden states."""
     spec = preset.unet
     return UNet2DConditionModel(
@@ -170,7 +170,7 @@ def build_unet(preset: PresetConfig) -> UNet2DConditionModel:
     )
 
 
-def build_scheduler(preset: PresetConfig) -> DDIMScheduler:
+def build_scheduler(preset: LabPresetConfig) -> DDIMScheduler:
     """The shipped scheduler: epsilon prediction, SD v1's step conventions, the preset's betas.
 
     DDIM is what the pipeline samples with by default; ``DDPMScheduler.from_config`` reads the same

@@ -12,8 +12,8 @@ import json
 import random
 from pathlib import Path
 
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import atomic_write
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import atomic_write
 from copyguard.curation.records import Sample
 from copyguard.curation.shards import iter_samples
 

@@ -33,8 +33,9 @@ def _version() -> str:
 
 def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
     """``copyguard sample-data --preset preset --seed seed`` in the cache (built on first use)."""
-    from copyguard.curation.config import load_config
-    from copyguard.curation.sample_data import SampleDataConfig, build_sample_data
+    from copyguard.common.config import load_config
+    from copyguard.pipelines.lab.config import SampleDataConfig
+    from copyguard.pipelines.lab.sample_data import build_sample_data
 
     out = Path(cache) / f"data-{preset}-s{seed}"
     if not (out / DONE).is_file():
@@ -52,7 +53,7 @@ def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) 
 
 def lab_key(preset: str, seed: int = 0) -> str:
     """A fingerprint of the lab preset's settings, the seed and the copyguard version."""
-    from copyguard.train.lab_config import LabConfig
+    from copyguard.pipelines.lab.config import LabConfig
 
     settings = LabConfig(preset=preset, seed=seed).active().model_dump(mode="json")
     blob = json.dumps({"settings": settings, "seed": seed, "version": _version()}, sort_keys=True)
@@ -64,8 +65,8 @@ def cached_lab_model(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) ->
 
     Returns ``(model_dir, data_dir)``. The sample data preset is the lab preset (``gpu`` uses ``small``).
     """
-    from copyguard.train.lab_config import LabConfig
-    from copyguard.train.lab_run import run_lab_model
+    from copyguard.pipelines.lab.config import LabConfig
+    from copyguard.pipelines.lab.run import run_lab_model
 
     data = cached_sample_data("small" if preset == "gpu" else preset, seed, cache)
     model = Path(cache) / f"lab-{preset}-s{seed}-{lab_key(preset, seed)}"

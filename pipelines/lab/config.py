@@ -1,9 +1,16 @@
-"""``LabConfig``: the settings of ``copyguard lab-model`` (``configs/lab.yaml``, section ``lab``).
+"""The lab stage's config schemas: ``copyguard lab-model`` and ``copyguard sample-data``.
 
-Three presets size the model and its training: ``tiny`` (tests, a few minutes on 2 CPU cores), ``small``
-(the demo and the lab results, ~20 CPU minutes) and ``gpu`` (64 px, larger, for a GPU machine). A preset
-given partly in YAML or by ``--set lab.presets.small.unet.steps=900`` is merged over that preset's own
-defaults, so one override never resets the rest of a preset.
+``LabConfig`` is ``configs/lab.yaml`` (section ``lab``). Three presets size the model and its training:
+``tiny`` (tests, a few minutes on 2 CPU cores), ``small`` (the demo and the lab results, ~20 CPU minutes) and
+``gpu`` (64 px, larger, for a GPU machine).
+
+``SampleDataConfig`` is ``configs/sample_data.yaml`` (section ``sample_data``): how many samples of each
+planted kind the builder (:mod:`copyguard.pipelines.lab.sample_data`) writes, in two presets ``tiny`` and
+``small``.
+
+A preset given partly in YAML or by ``--set lab.presets.small.unet.steps=900`` is merged over that preset's
+own defaults, so one override never resets the rest of a preset. Schemas only: this module imports pydantic,
+the standard library and :mod:`copyguard.common`, never torch or diffusers.
 """
 
 from __future__ import annotations
@@ -11,26 +18,31 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from copyguard.curation.config import StrictModel
+from copyguard.common.config import StrictModel
 
 __all__ = [
-    "EvalSpec",
+    "LAB_PRESET_DEFAULTS",
+    "LAB_PRESET_NAMES",
+    "EvalConfig",
     "LabConfig",
-    "PRESET_NAMES",
-    "PresetConfig",
-    "Presets",
-    "SchedulerSpec",
-    "TextEncoderSpec",
-    "UnetSpec",
-    "VaeSpec",
+    "LabPresetConfig",
+    "LabPresets",
+    "SampleDataConfig",
+    "SampleDataPresetConfig",
+    "SampleDataPresets",
+    "SchedulerConfig",
+    "TextEncoderConfig",
+    "UnetConfig",
+    "VaeConfig",
 ]
 
-PRESET_NAMES = ("tiny", "small", "gpu")
+LAB_PRESET_NAMES = ("tiny", "small", "gpu")
 
 
-class VaeSpec(StrictModel):
+# ------------------------------------------------------------------------------------------ lab model
+class VaeConfig(StrictModel):
     """AutoencoderKL size and its training (L1 reconstruction + ``kl_weight`` * KL)."""
 
     block_out_channels: list[int]
@@ -43,7 +55,7 @@ class VaeSpec(StrictModel):
     kl_weight: float = Field(1e-6, ge=0)
 
 
-class TextEncoderSpec(StrictModel):
+class TextEncoderConfig(StrictModel):
     """CLIPTextModel size (vocabulary and 77 positions are fixed by CLIP)."""
 
     hidden_size: int = Field(64, ge=8)
@@ -52,7 +64,7 @@ class TextEncoderSpec(StrictModel):
     num_heads: int = Field(2, ge=1)
 
 
-class UnetSpec(StrictModel):
+class UnetConfig(StrictModel):
     """UNet2DConditionModel size and the joint UNet + text-encoder training."""
 
     block_out_channels: list[int]
@@ -70,7 +82,7 @@ class UnetSpec(StrictModel):
     offset_noise: float = Field(0.1, ge=0)
 
 
-class SchedulerSpec(StrictModel):
+class SchedulerConfig(StrictModel):
     """Noise schedule (epsilon prediction)."""
 
     num_train_timesteps: int = Field(1000, ge=10)
@@ -80,7 +92,7 @@ class SchedulerSpec(StrictModel):
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
 
-class EvalSpec(StrictModel):
+class EvalConfig(StrictModel):
     """The memorization measurement: prompts, sampling, thresholds, FID."""
 
     seeds: int = Field(4, ge=1)
@@ -94,17 +106,17 @@ class EvalSpec(StrictModel):
     nearest_train: bool = False
 
 
-class PresetConfig(StrictModel):
+class LabPresetConfig(StrictModel):
     """One preset: resolution, data handling, component sizes, training lengths, evaluation."""
 
     resolution: int = Field(32, ge=8)
     heldout: int = Field(0, ge=0)
     checkpoint_every: int = Field(200, ge=1)
-    vae: VaeSpec
-    text_encoder: TextEncoderSpec
-    unet: UnetSpec
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    eval: EvalSpec = Field(default_factory=EvalSpec)
+    vae: VaeConfig
+    text_encoder: TextEncoderConfig
+    unet: UnetConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 _TWO_LEVELS = {
@@ -112,7 +124,7 @@ _TWO_LEVELS = {
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
 }
 
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+LAB_PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {
         "resolution": 32,
         "heldout": 0,
@@ -181,28 +193,32 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _merge_presets(data: Any, defaults: dict[str, dict[str, Any]]) -> Any:
+    """A ``presets`` section with every partly given preset deep-merged over that preset's defaults."""
+    if not isinstance(data, dict):
+        return data
+    merged = dict(data)
+    for name, default in defaults.items():
+        if isinstance(data.get(name), dict):
+            merged[name] = _deep_merge(default, data[name])
+    return merged
+
+
 def _preset_default(name: str) -> Any:
-    return lambda: PresetConfig.model_validate(PRESET_DEFAULTS[name])
+    return lambda: LabPresetConfig.model_validate(LAB_PRESET_DEFAULTS[name])
 
 
-class Presets(StrictModel):
+class LabPresets(StrictModel):
     """The three presets; partial values merge over each preset's defaults."""
 
-    tiny: PresetConfig = Field(default_factory=_preset_default("tiny"))
-    small: PresetConfig = Field(default_factory=_preset_default("small"))
-    gpu: PresetConfig = Field(default_factory=_preset_default("gpu"))
+    tiny: LabPresetConfig = Field(default_factory=_preset_default("tiny"))
+    small: LabPresetConfig = Field(default_factory=_preset_default("small"))
+    gpu: LabPresetConfig = Field(default_factory=_preset_default("gpu"))
 
     @model_validator(mode="before")
     @classmethod
     def _merge_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        merged = dict(data)
-        for name in PRESET_NAMES:
-            given = data.get(name)
-            if isinstance(given, dict):
-                merged[name] = _deep_merge(PRESET_DEFAULTS[name], given)
-        return merged
+        return _merge_presets(data, LAB_PRESET_DEFAULTS)
 
 
 class LabConfig(StrictModel):
@@ -218,8 +234,119 @@ class LabConfig(StrictModel):
     threads: int = Field(0, ge=0)
     deterministic: bool = True
     mixed_precision: Literal["no", "bf16"] = "no"
-    presets: Presets = Field(default_factory=Presets)
+    presets: LabPresets = Field(default_factory=LabPresets)
 
-    def active(self) -> PresetConfig:
+    def active(self) -> LabPresetConfig:
         """The selected preset's settings."""
+        return getattr(self.presets, self.preset)
+
+
+# ---------------------------------------------------------------------------------------- sample data
+class SampleDataPresetConfig(StrictModel):
+    """How many samples of each kind a preset plants."""
+
+    unique: int = Field(ge=0, description="samples with their own image and caption")
+    image_groups: int = Field(ge=0, description="groups per image kind (image_exact and each edit kind)")
+    image_group_min: int = Field(2, ge=2, description="smallest image group (original included)")
+    image_group_max: int = Field(4, ge=2, description="largest image group")
+    caption_groups: int = Field(ge=0, description="groups per caption kind")
+    caption_group_min: int = Field(2, ge=2, description="smallest caption group (original included)")
+    caption_group_max: int = Field(4, ge=2, description="largest caption group")
+    dup_counts: list[int] = Field(description="copies of each dup_pair group (each count >= 2)")
+    dup_groups_per_count: int = Field(ge=0, description="dup_pair groups for each count")
+    dup_reencoded: int = Field(1, ge=0, description="copies per dup_pair group re-encoded at another quality")
+    template_groups: int = Field(ge=0, description="template_caption groups")
+    template_min: int = Field(8, ge=2, description="fewest images under one templated caption")
+    template_max: int = Field(12, ge=2, description="most images under one templated caption")
+    broken_per_kind: int = Field(ge=0, le=400, description="samples of each broken kind")
+    samples_per_shard: int = Field(ge=1, description="valid samples per shard")
+    large_image_size: int = Field(
+        0, ge=0, le=1024, description="hard preset: side of the large base images (0: 224 px)"
+    )
+
+    @field_validator("dup_counts")
+    @classmethod
+    def _counts(cls, value: list[int]) -> list[int]:
+        if any(count < 2 for count in value):
+            raise ValueError("every dup count must be >= 2")
+        return value
+
+    @field_validator("image_group_max", "caption_group_max", "template_max")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        low_name = info.field_name.replace("_max", "_min") if info.field_name else ""
+        low = info.data.get(low_name)
+        if low is not None and value < low:
+            raise ValueError(f"must be >= {low_name} ({low})")
+        return value
+
+
+_SAMPLE_TINY = SampleDataPresetConfig(
+    unique=150,
+    image_groups=3,
+    image_group_max=3,
+    caption_groups=3,
+    caption_group_max=3,
+    dup_counts=[2, 5, 10, 25],
+    dup_groups_per_count=1,
+    template_groups=3,
+    template_max=10,
+    broken_per_kind=3,
+    samples_per_shard=100,
+)
+_SAMPLE_SMALL = SampleDataPresetConfig(
+    unique=700,
+    image_groups=25,
+    image_group_max=5,
+    caption_groups=25,
+    dup_counts=[2, 5, 10, 25, 50],
+    dup_groups_per_count=4,
+    dup_reencoded=2,
+    template_groups=12,
+    broken_per_kind=10,
+    samples_per_shard=500,
+)
+
+# Every copy-edit family at 64 and 224 px plus caption pairs (pipelines/lab/sample_hard.py); even seeds
+# build the tuning half, odd seeds the held-out half.
+_SAMPLE_HARD = SampleDataPresetConfig(
+    unique=120,
+    image_groups=4,
+    image_group_max=3,
+    caption_groups=60,
+    dup_counts=[],
+    dup_groups_per_count=0,
+    template_groups=0,
+    broken_per_kind=0,
+    samples_per_shard=500,
+    large_image_size=224,
+)
+
+
+class SampleDataPresets(StrictModel):
+    """The presets; a config that sets only some counts of one keeps the others' defaults."""
+
+    tiny: SampleDataPresetConfig = _SAMPLE_TINY
+    small: SampleDataPresetConfig = _SAMPLE_SMALL
+    hard: SampleDataPresetConfig = _SAMPLE_HARD
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        defaults = {"tiny": _SAMPLE_TINY, "small": _SAMPLE_SMALL, "hard": _SAMPLE_HARD}
+        return _merge_presets(data, {name: preset.model_dump() for name, preset in defaults.items()})
+
+
+class SampleDataConfig(StrictModel):
+    """``configs/sample_data.yaml``: the ``sample-data`` builder's knobs."""
+
+    preset: Literal["tiny", "small", "hard"] = Field("small", description="which entry of presets to build")
+    seed: int = Field(0, ge=0, description="same seed, same bytes")
+    image_size: int = Field(64, ge=16, le=1024, description="side of the square base images (px)")
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the base images")
+    presets: SampleDataPresets = SampleDataPresets()
+
+    @property
+    def counts(self) -> SampleDataPresetConfig:
+        """The selected preset's counts."""
         return getattr(self.presets, self.preset)

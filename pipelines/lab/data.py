@@ -1,14 +1,19 @@
 """The lab model's training data: WebDataset shards in memory at the model's resolution.
 
 The lab data sets are small (thousands of 64 px images), so every image is decoded once into a uint8
-array and every caption tokenized once. ``ground_truth.jsonl`` next to the shards (written by
-``copyguard sample-data``) says which samples are planted duplicates; without it, samples whose caption
-occurs once count as unique. A few unique samples can be held out of training as the real images FID is
-measured against; they are chosen with the seed, so a resumed or repeated run holds out the same ones.
+array and every caption tokenized once. Which samples are duplicated image-caption pairs is derived from
+the data itself (:func:`duplication`): samples that share both an image group and a caption group are
+copies of one pair, ``copies`` = how many of them there are; samples that share neither are unique.
+The groups come from ``ground_truth.jsonl`` next to the shards when it is there (its ``image_group`` and
+``caption_group``, whatever its ``kind`` column says; ``copies`` is not needed), else from the shards:
+the same image bytes (SHA-256) form an image group, the same caption after whitespace and case
+normalization a caption group. A few unique samples can be held out of training as the real images FID
+is measured against; they are chosen with the seed, so a resumed or repeated run holds out the same ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,15 +25,26 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import expand_paths
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import expand_paths
 from copyguard.curation.images import ImageDecodeError, to_rgb_array
 from copyguard.curation.records import Rejection
 from copyguard.curation.shards import iter_samples
 
-__all__ = ["LabData", "load_ground_truth", "load_lab_data", "tokenize_captions"]
+__all__ = [
+    "LabData",
+    "derive_groups",
+    "duplication",
+    "load_ground_truth",
+    "load_lab_data",
+    "normalize_caption",
+    "tokenize_captions",
+]
 
 log = logging.getLogger(__name__)
+
+# ``kind`` of a derived row by its ``copies`` (0 unique, 1 image or caption shared alone, >= 2 a pair)
+DERIVED_KINDS = ("unique", "partial_dup", "dup_pair")
 
 
 @dataclass
@@ -44,24 +60,43 @@ class LabData:
     rejections: Counter = field(default_factory=Counter)
     ground_truth: dict[str, dict[str, Any]] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
+    copies: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.copies:
+            self.copies = duplication(self.keys + self.heldout_keys, self.ground_truth)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def info(self) -> dict[str, Any]:
         """A JSON summary for the model card."""
-        kinds = Counter(self.row(k)["kind"] for k in self.keys)
+        kinds = Counter(str(self.row(k).get("kind", "-")) for k in self.keys)
+        train = set(self.keys)
+        pairs = Counter(c for k, c in self.copies.items() if c > 1 and k in train)
         return {
             "shards": len(self.shards),
             "train_samples": len(self.keys),
             "heldout_samples": len(self.heldout_keys),
             "rejected": dict(self.rejections),
             "kinds": dict(kinds),
-            "ground_truth": bool(self.ground_truth),
+            "ground_truth": self.ground_truth_source,
+            "duplicated_samples_by_copies": {str(c): n for c, n in sorted(pairs.items())},
         }
 
+    @property
+    def ground_truth_source(self) -> str:
+        """``ground_truth.jsonl`` when any row came from it, else ``derived from the shards``."""
+        if any(not row.get("derived") for row in self.ground_truth.values()):
+            return "ground_truth.jsonl"
+        return "derived from the shards"
+
+    def is_unique(self, key: str) -> bool:
+        """True when no other sample shares the key's image group or caption group."""
+        return self.copies.get(key, 1) == 0
+
     def row(self, key: str) -> dict[str, Any]:
-        """Ground-truth row of a key (``kind``, ``copies``, ``image_group``, ``caption_group``)."""
+        """Ground-truth row of a key (``image_group``, ``caption_group``, optionally ``kind``...)."""
         return self.ground_truth[key]
 
 
@@ -83,17 +118,52 @@ def load_ground_truth(shard_paths: list[str]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _derive_ground_truth(keys: list[str], captions: list[str]) -> dict[str, dict[str, Any]]:
-    """Without ground truth: a caption repeated c times marks a duplicated pair with ``copies`` = c."""
-    counts = Counter(captions)
-    groups: dict[str, str] = {}
+def normalize_caption(text: str) -> str:
+    """A caption compared for identity: whitespace runs collapsed, case folded."""
+    return " ".join(text.split()).casefold()
+
+
+def derive_groups(keys: list[str], captions: list[str], image_hashes: list[str]) -> dict[str, dict[str, Any]]:
+    """Ground-truth rows from the shards: the first key of the same image bytes / normalized caption."""
+    by_image: dict[str, str] = {}
+    by_caption: dict[str, str] = {}
     rows = {}
-    for key, cap in zip(keys, captions, strict=True):
-        group = groups.setdefault(cap, key)
-        c = counts[cap]
-        kind = "dup_pair" if c > 1 else "unique"
-        rows[key] = {"key": key, "image_group": group, "caption_group": group, "kind": kind, "copies": c}
+    for key, cap, digest in zip(keys, captions, image_hashes, strict=True):
+        rows[key] = {
+            "key": key,
+            "image_group": by_image.setdefault(digest, key),
+            "caption_group": by_caption.setdefault(normalize_caption(cap), key),
+            "derived": True,
+        }
     return rows
+
+
+def duplication(keys: list[str], rows: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Per key: ``copies`` of its duplicated pair (>= 2), 1 when it is only partly duplicated, 0 unique.
+
+    A duplicated pair = samples sharing both the image group and the caption group (the duplicated
+    image-caption pairs that Carlini et al. 2023, "Extracting Training Data from Diffusion Models", and
+    Somepalli et al. 2023, "Understanding and Mitigating Copy in Diffusion Models", find memorized); a sample
+    sharing only one of them (a reused image under another caption, a template caption) is neither a
+    pair nor unique. Only ``keys`` are counted, so rejected samples never inflate a count.
+    """
+
+    def groups(key: str) -> tuple[str, str]:
+        row = rows.get(key) or {}
+        img, cap = row.get("image_group"), row.get("caption_group")
+        return str(key if img is None else img), str(key if cap is None else cap)
+
+    of = {k: groups(k) for k in keys}
+    images = Counter(img for img, _ in of.values())
+    captions = Counter(cap for _, cap in of.values())
+    pairs = Counter(of.values())
+    out = {}
+    for k, (img, cap) in of.items():
+        if pairs[img, cap] > 1:
+            out[k] = pairs[img, cap]
+        else:
+            out[k] = 0 if images[img] == 1 and captions[cap] == 1 else 1
+    return out
 
 
 def load_lab_data(pattern: str | list[str], resolution: int, heldout: int, seed: int) -> LabData:
@@ -107,6 +177,7 @@ def load_lab_data(pattern: str | list[str], resolution: int, heldout: int, seed:
     keys: list[str] = []
     captions: list[str] = []
     images: list[np.ndarray] = []
+    hashes: list[str] = []
     rejections: Counter = Counter()
     for rec in tqdm(iter_samples(paths), desc="read shards", unit="sample", leave=False):
         if isinstance(rec, Rejection):
@@ -119,6 +190,7 @@ def load_lab_data(pattern: str | list[str], resolution: int, heldout: int, seed:
             continue
         keys.append(rec.key)
         captions.append(rec.caption)
+        hashes.append(hashlib.sha256(rec.image).hexdigest())
     if not keys:
         raise UsageError(f"the shards matching {pattern!r} hold no usable sample")
     if rejections:
@@ -126,10 +198,22 @@ def load_lab_data(pattern: str | list[str], resolution: int, heldout: int, seed:
     truth = load_ground_truth(paths)
     missing = [k for k in keys if k not in truth]
     if truth and missing:
-        log.warning("%d samples missing from ground_truth.jsonl; derived from caption counts", len(missing))
-    derived = _derive_ground_truth(keys, captions)
-    truth = {k: truth.get(k, derived[k]) for k in keys}
-    unique = [i for i, k in enumerate(keys) if truth[k]["kind"] == "unique"]
+        log.warning(
+            "%d samples missing from ground_truth.jsonl; their groups derived from the shards", len(missing)
+        )
+    derived = derive_groups(keys, captions, hashes)
+    if truth:  # derived group names must not collide with the ground truth's (both are keys)
+        for row in derived.values():
+            row["image_group"], row["caption_group"] = (
+                f"derived:{row['image_group']}",
+                f"derived:{row['caption_group']}",
+            )
+    truth = {k: {"key": k, **truth[k]} if k in truth else derived[k] for k in keys}
+    copies = duplication(keys, truth)
+    for k in keys:  # derived rows get the sample data's kind names, so code reading ``kind`` still works
+        if truth[k].get("derived"):
+            truth[k]["kind"] = DERIVED_KINDS[min(copies[k], 2)]
+    unique = [i for i, k in enumerate(keys) if copies[k] == 0]
     rng = np.random.default_rng([seed, 7])
     n_hold = min(heldout, len(unique) // 2)
     hold = set(rng.choice(unique, size=n_hold, replace=False).tolist()) if n_hold else set()
@@ -146,6 +230,7 @@ def load_lab_data(pattern: str | list[str], resolution: int, heldout: int, seed:
         rejections=rejections,
         ground_truth=truth,
         shards=paths,
+        copies=copies,
     )
 
 

@@ -1,13 +1,21 @@
-"""Measure how much the lab model memorizes (algorithms.md §7, §2), from its saved diffusers folder.
+"""Measure how much the lab model memorizes, from its saved diffusers folder.
 
 The model is loaded with plain ``StableDiffusionPipeline.from_pretrained(model_dir)`` and sampled with
-DDIM and classifier-free guidance. Prompts: the caption of every planted duplicated pair (``dup_pair``
-in the ground truth) and a seeded choice of unique training captions, several seeds each. Each
+DDIM and classifier-free guidance through the library's generate-and-measure loop
+(:mod:`copyguard.mitigation.evaluation.measure`; figures from
+:mod:`copyguard.mitigation.evaluation.evidence`). Prompts: the caption of every duplicated image-caption
+pair the data holds (:func:`copyguard.pipelines.lab.data.duplication`: from ``ground_truth.jsonl`` groups or
+the shards themselves) and a seeded choice of unique training captions, several seeds each. Each
 generation is compared with its prompt's own training image(s) by SSCD cosine, optionally with the
-nearest image of the whole training set, and by pixel nL2 (§6.1); figures are given per duplication
-count. Also measured: the threshold calibration (SSCD of VAE round trips and JPEG re-encodes of training
-images vs. distinct training images), the first-step text-conditional magnitude AUC (§2: duplicated
->= 25 copies vs. unique) and FID of held-out captions' generations against the held-out real images.
+nearest image of the whole training set (Somepalli et al. 2023, "Understanding and Mitigating Copy in
+Diffusion Models"), and by pixel nL2 (Chen et al. 2024, "Towards Memorization-Free Diffusion
+Models"); figures are given per duplication count, for whatever counts the data has. Data with no
+duplicated pair gets ``duplicated: {"measured": false, "reason": NO_DUPLICATES}`` and no duplicated
+figures; unique prompts, calibration and FID are measured all the same. Also measured: the threshold
+calibration (SSCD of VAE round trips and JPEG re-encodes of training images vs. distinct training
+images), the first-step text-conditional magnitude AUC (Wen et al. 2024, "Detecting, Explaining, and
+Mitigating Memorization in Diffusion Models": duplicated >= 25 copies vs. unique) and FID of held-out
+captions' generations against the held-out real images.
 """
 
 from __future__ import annotations
@@ -22,26 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from copyguard.common.errors import UsageError
 from copyguard.curation.embedders import load_embedder
-from copyguard.mitigation.metrics import (
-    InceptionFeatures,
-    fid_from_features,
-    max_cosine,
-    max_cosine_to_groups,
-    pixel_nl2,
-    summarize_nl2,
-    summarize_similarity,
-)
-from copyguard.train.lab_config import EvalSpec
-from copyguard.train.lab_data import LabData
+from copyguard.mitigation.evaluation import evidence, measure
+from copyguard.mitigation.metrics import InceptionFeatures, fid_from_features, max_cosine, pixel_nl2
+from copyguard.pipelines.lab.config import EvalConfig
+from copyguard.pipelines.lab.data import LabData
 
-__all__ = ["EvalPrompt", "evaluate_memorization", "load_pipeline", "select_prompts"]
+__all__ = ["NO_DUPLICATES", "EvalPrompt", "evaluate_memorization", "load_pipeline", "select_prompts"]
 
 log = logging.getLogger(__name__)
 
 MAGNITUDE_MIN_COPIES = 25
+NO_DUPLICATES = "no duplicated pairs found: memorization of duplicated pairs not measured"
 
 
 @dataclass(frozen=True)
@@ -68,55 +70,33 @@ def load_pipeline(model_dir: str | Path, device: torch.device) -> Any:
 
 
 def select_prompts(data: LabData, unique_prompts: int, seed: int) -> list[EvalPrompt]:
-    """Every duplicated group's caption (sorted by copies) and ``unique_prompts`` seeded unique captions."""
+    """Every duplicated pair's caption (sorted by copies) and ``unique_prompts`` seeded unique captions.
+
+    Pairs and copy counts come from ``data.copies`` (derived from the groups, never from a ``kind`` or
+    ``copies`` column); a prompt is compared with the training images of its pair's image group.
+    """
     dups: dict[str, EvalPrompt] = {}
     unique: list[EvalPrompt] = []
     for key, cap in zip(data.keys, data.captions, strict=True):
-        row = data.row(key)
-        if row["kind"] == "unique":
-            unique.append(EvalPrompt(cap, str(row["image_group"]), 1))
-        elif row["kind"] == "dup_pair" and row["image_group"] not in dups:
-            dups[str(row["image_group"])] = EvalPrompt(cap, str(row["image_group"]), int(row["copies"]))
+        row, copies = data.row(key), data.copies.get(key, 1)
+        group = str(row.get("image_group") or key)
+        if copies == 0:
+            unique.append(EvalPrompt(cap, group, 1))
+        elif copies > 1 and group not in dups:
+            dups[group] = EvalPrompt(cap, group, copies)
     rng = np.random.default_rng([seed, 11])
     pick = rng.choice(len(unique), size=min(unique_prompts, len(unique)), replace=False) if unique else []
     chosen = [unique[i] for i in sorted(pick)]
     return sorted(dups.values(), key=lambda p: (p.copies, p.group)) + chosen
 
 
-def _generate(pipe: Any, captions: list[str], seeds: list[int], spec: EvalSpec, res: int) -> np.ndarray:
-    out = []
-    for i in tqdm(range(0, len(captions), spec.batch_size), desc="generate", unit="batch", leave=False):
-        gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + spec.batch_size]]
-        imgs = pipe(
-            captions[i : i + spec.batch_size],
-            height=res,
-            width=res,
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance_scale,
-            generator=gens,
-            output_type="np",
-        ).images
-        out.append(np.clip(np.round(imgs * 255), 0, 255).astype(np.uint8))
-    return np.concatenate(out)
+def _generate_config(spec: EvalConfig) -> Any:
+    """Plain sampling (no mitigation) with the measurement's steps, guidance and batch size."""
+    from copyguard.mitigation.config import GenerateConfig
 
-
-@torch.no_grad()
-def first_step_magnitudes(pipe: Any, captions: list[str], seeds: list[int], steps: int) -> np.ndarray:
-    """§2 at the first DDIM step (n = 1): ``||eps(x_T, e_p) - eps(x_T, e_0)||_2`` per caption."""
-    device = pipe.unet.device
-    tok = pipe.tokenizer
-    ids = tok(captions + [""], padding="max_length", max_length=tok.model_max_length, truncation=True)
-    emb = pipe.text_encoder(torch.tensor(ids.input_ids, device=device))[0]
-    e_p, e_0 = emb[:-1], emb[-1:].expand(len(captions), -1, -1)
-    pipe.scheduler.set_timesteps(steps)
-    t = pipe.scheduler.timesteps[0]
-    c = pipe.unet.config
-    shape = (c.in_channels, c.sample_size, c.sample_size)
-    x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    x = (x * pipe.scheduler.init_noise_sigma).to(device)
-    eps_p = pipe.unet(x, t, e_p).sample
-    eps_0 = pipe.unet(x, t, e_0).sample
-    return (eps_p - eps_0).flatten(1).norm(dim=1).float().cpu().numpy()
+    return GenerateConfig(
+        num_inference_steps=spec.steps, guidance_scale=spec.guidance_scale, batch_size=spec.batch_size
+    )
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -164,16 +144,14 @@ def _dist(values: np.ndarray, threshold: float) -> dict[str, float]:
 
 def _unique_rows(data: LabData) -> tuple[np.ndarray, list[str]]:
     """One training image per image group (duplicated copies collapse), with the group names."""
-    seen: dict[str, int] = {}
-    for i, key in enumerate(data.keys):
-        seen.setdefault(str(data.row(key)["image_group"]), i)
-    return data.images[list(seen.values())], list(seen.keys())
+    rows, groups = measure.first_of_groups(str(data.row(k).get("image_group") or k) for k in data.keys)
+    return data.images[rows], groups
 
 
 def evaluate_memorization(
     model_dir: str | Path,
     data: LabData,
-    spec: EvalSpec,
+    spec: EvalConfig,
     *,
     device: torch.device,
     seed: int = 0,
@@ -186,54 +164,69 @@ def evaluate_memorization(
     res = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
     embedder = load_embedder("sscd-onnx", threads=torch.get_num_threads())
     prompts = select_prompts(data, spec.unique_prompts, seed)
-    caps = [p.caption for p in prompts for _ in range(spec.seeds)]
-    seeds = [seed * 1000 + j for _ in prompts for j in range(spec.seeds)]
-    gen = _generate(pipe, caps, seeds, spec, res)
+    if not prompts:
+        raise UsageError(
+            "nothing to measure: no training sample is a duplicated pair or unique "
+            "(every sample shares only its image or only its caption with others)"
+        )
+    seeds_per_prompt = [seed * 1000 + j for j in range(spec.seeds)]
+    seeds = [s for _ in prompts for s in seeds_per_prompt]
+    made = measure.generate_grid(pipe, _generate_config(spec), [p.caption for p in prompts], seeds_per_prompt)
+    gen = made.images
     timings = {"generate_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     gen_emb = embedder.embed(list(gen))
     ref_images, ref_groups = _unique_rows(data)
-    wanted = {p.group for p in prompts}
-    own_idx = [i for i, g in enumerate(ref_groups) if g in wanted]
-    own_emb = embedder.embed([ref_images[i] for i in own_idx])
     gen_groups = [p.group for p in prompts for _ in range(spec.seeds)]
-    sim_own = max_cosine_to_groups(gen_emb, own_emb, gen_groups, [ref_groups[i] for i in own_idx])
     sim_train = None
-    if nearest_train:
-        train_emb = embedder.embed(list(ref_images))
-        sim_train, _ = max_cosine(gen_emb, train_emb)
+    if nearest_train:  # the whole training set embedded once: the own images are among its rows
+        own = measure.OwnImages(embedder.embed(list(ref_images)), ref_groups)
+        sim_train, _ = max_cosine(gen_emb, own.embeddings)
+    else:
+        own = measure.OwnImages.build(embedder, ref_images, ref_groups, wanted=gen_groups)
+    sim_own = own(gen_emb, gen_groups)
     nl2, _ = pixel_nl2(gen, ref_images)
     timings["measure_s"] = time.perf_counter() - t1
     buckets = [p.bucket for p in prompts for _ in range(spec.seeds)]
-    order = sorted({p.copies for p in prompts})
+
+    def summary(mask: Any) -> dict[str, Any]:
+        return evidence.memorization_summary(np.asarray(mask), sim_own, sim_train, nl2, spec.threshold)
+
     by_copies: dict[str, Any] = {}
-    for c in order:
+    for c in sorted({p.copies for p in prompts}):
         name = "unique" if c <= 1 else str(c)
-        mask = np.array([b == name for b in buckets])
-        by_copies[name] = _bucket(mask, sim_own, sim_train, nl2, spec.threshold)
+        by_copies[name] = summary([b == name for b in buckets])
         by_copies[name]["prompts"] = sum(1 for p in prompts if p.bucket == name)
-    high = np.array([p.copies >= MAGNITUDE_MIN_COPIES for p in prompts for _ in range(spec.seeds)])
     result: dict[str, Any] = {
         "resolution": res,
         "threshold": spec.threshold,
         "eval": spec.model_dump(),
         "seed": seed,
         "by_copies": by_copies,
-        f"dup_ge{MAGNITUDE_MIN_COPIES}": _bucket(high, sim_own, sim_train, nl2, spec.threshold),
-        "all_dup": _bucket(
-            np.array([b != "unique" for b in buckets]), sim_own, sim_train, nl2, spec.threshold
-        ),
+        "duplicated": _duplicated(prompts),
     }
+    if result["duplicated"]["measured"]:
+        result["all_dup"] = summary([b != "unique" for b in buckets])
+        if any(p.copies >= MAGNITUDE_MIN_COPIES for p in prompts):
+            result[f"dup_ge{MAGNITUDE_MIN_COPIES}"] = summary(
+                [p.copies >= MAGNITUDE_MIN_COPIES for p in prompts for _ in range(spec.seeds)]
+            )
     t2 = time.perf_counter()
     result["magnitude"] = _magnitude_auc(pipe, prompts, seed, spec.steps)
     n_cal = min(spec.calibration_images, len(ref_images))
-    cal_idx = np.random.default_rng([seed, 13]).choice(len(ref_images), size=n_cal, replace=False)
-    result["calibration"] = calibrate_threshold(
-        pipe.vae, embedder, ref_images[np.sort(cal_idx)], spec.threshold
-    )
+    if n_cal < 2:
+        result["calibration"] = {
+            "threshold": spec.threshold,
+            "reason": "fewer than 2 distinct training images",
+        }
+    else:
+        cal_idx = np.random.default_rng([seed, 13]).choice(len(ref_images), size=n_cal, replace=False)
+        result["calibration"] = calibrate_threshold(
+            pipe.vae, embedder, ref_images[np.sort(cal_idx)], spec.threshold
+        )
     timings["calibration_s"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    result["fid"] = _fid(pipe, data, spec, seed, res, device)
+    result["fid"] = _fid(pipe, data, spec, seed, device)
     timings["fid_s"] = time.perf_counter() - t3
     result["generations"] = [
         {
@@ -255,48 +248,43 @@ def evaluate_memorization(
     return result
 
 
-def _bucket(
-    mask: np.ndarray, sim_own: np.ndarray, sim_train: np.ndarray | None, nl2: np.ndarray, thr: float
-) -> dict[str, Any]:
-    thresholds = sorted({thr, 0.5}, reverse=True)
-    out: dict[str, Any] = {"generations": int(mask.sum())}
-    if not mask.any():
-        return out
-    out["sscd_own"] = summarize_similarity(sim_own[mask], thresholds)
-    if sim_train is not None:
-        out["sscd_train"] = summarize_similarity(sim_train[mask], thresholds)
-    out["nl2"] = summarize_nl2(nl2[mask])
-    return out
+def _duplicated(prompts: list[EvalPrompt]) -> dict[str, Any]:
+    """Whether duplicated pairs were measured, their copy counts and prompts, or why not."""
+    counts = sorted({p.copies for p in prompts if p.copies > 1})
+    if not counts:
+        return {"measured": False, "reason": NO_DUPLICATES}
+    return {"measured": True, "copies": counts, "prompts": sum(1 for p in prompts if p.copies > 1)}
 
 
 def _magnitude_auc(pipe: Any, prompts: list[EvalPrompt], seed: int, steps: int) -> dict[str, Any]:
-    from sklearn.metrics import roc_auc_score
+    """First-step detection (Wen et al. 2024, n = 1): AUC of the >= 25-copy prompts against unique ones."""
+    from copyguard.mitigation.config import DetectConfig
+    from copyguard.mitigation.detect import Detector
 
     sel = [p for p in prompts if p.copies >= MAGNITUDE_MIN_COPIES or p.copies <= 1]
     labels = np.array([p.copies >= MAGNITUDE_MIN_COPIES for p in sel])
     if labels.all() or not labels.any():
         return {"auc": None, "reason": "needs both duplicated (>= 25 copies) and unique prompts"}
-    mags = []
-    for i in range(0, len(sel), 64):
-        chunk = sel[i : i + 64]
-        mags.append(first_step_magnitudes(pipe, [p.caption for p in chunk], [seed] * len(chunk), steps))
-    d = np.concatenate(mags)
+    cfg = DetectConfig(num_inference_steps=steps, end=1, generations=1, seed=seed, batch_size=64)
+    d = np.asarray(Detector(pipe, cfg, progress=False).score([p.caption for p in sel]))
+    roc = evidence.roc_summary(d[labels], d[~labels])
     return {
-        "auc": float(roc_auc_score(labels, d)),
-        "positives": int(labels.sum()),
-        "negatives": int((~labels).sum()),
-        "mean_dup": float(d[labels].mean()),
-        "mean_unique": float(d[~labels].mean()),
+        "auc": roc["auc"],
+        "positives": roc["positives"],
+        "negatives": roc["negatives"],
+        "mean_dup": roc["mean_pos"],
+        "mean_unique": roc["mean_neg"],
     }
 
 
-def _fid(
-    pipe: Any, data: LabData, spec: EvalSpec, seed: int, res: int, device: torch.device
-) -> dict[str, Any]:
+def _fid(pipe: Any, data: LabData, spec: EvalConfig, seed: int, device: torch.device) -> dict[str, Any]:
     n = min(spec.fid_images, len(data.heldout_keys))
     if n < 2:
         return {"fid": None, "reason": "no held-out images (set heldout and eval.fid_images)"}
-    gen = _generate(pipe, data.heldout_captions[:n], [seed * 7919 + i for i in range(n)], spec, res)
+    # chunk k of batch_size captions with seed seed * 7919 + k, as the mitigation evidence measures FID
+    gen = measure.generate_chunked(
+        pipe, _generate_config(spec), data.heldout_captions[:n], seed * 7919
+    ).images
     incep = InceptionFeatures(device=str(device))
     real = incep(data.heldout_images[:n])
     fake = incep(gen)

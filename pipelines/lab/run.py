@@ -1,65 +1,46 @@
 """One ``lab-model`` run: train (or reuse) the model, measure its memorization, write the model card.
 
 Outputs in ``MODEL_DIR``: the diffusers folder, ``lab_training.json`` (settings, data, timings, machine),
-``memorization.json`` (:func:`copyguard.train.lab_eval.evaluate_memorization`), ``memorization.png``
+``memorization.json`` (:func:`copyguard.pipelines.lab.evaluate.evaluate_memorization`), ``memorization.png``
 (training images next to their prompts' generations) and ``README.md`` (the model card).
+
+Nothing at the end of a long job loses its result: the trained model, ``lab_training.json`` and a card
+without figures are on disk before the measurement starts, ``memorization.json`` before the chart and the
+card are drawn. A failed measurement or card leaves all of that usable and raises one clear error: a
+:class:`~copyguard.common.errors.UsageError` when the data is the problem (the CLI exits 2), else
+:class:`EvaluationFailed` (exit 1); ``copyguard lab-model --eval-only`` then reruns just the measurement.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import atomic_write
-from copyguard.train.lab_card import CHART, render_model_card, write_memorization_chart
-from copyguard.train.lab_config import LabConfig
-from copyguard.train.lab_data import load_lab_data
-from copyguard.train.lab_eval import evaluate_memorization
-from copyguard.train.lab_model import resolve_device, torch_settings, train_lab_model
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import atomic_write
+from copyguard.common.runtime import machine_info, resolve_device
+from copyguard.pipelines.lab.card import CHART, render_model_card, write_memorization_chart
+from copyguard.pipelines.lab.config import LabConfig
+from copyguard.pipelines.lab.data import LabData, load_lab_data
+from copyguard.pipelines.lab.evaluate import evaluate_memorization
+from copyguard.pipelines.lab.trainer import torch_settings, train_lab_model
 
-__all__ = ["machine_info", "run_lab_model"]
+__all__ = ["EvaluationFailed", "run_lab_model"]
 
 log = logging.getLogger(__name__)
 
 TRAINING_INFO = "lab_training.json"
 MEMORIZATION = "memorization.json"
+CARD = "README.md"
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU/GPU, cores, memory, torch version, threads and load: the context the timings need."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "platform": platform.platform(),
-    }
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages * size / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
+class EvaluationFailed(RuntimeError):
+    """The measurement or the card failed after the model was saved (the model itself is usable)."""
 
 
 def run_lab_model(
@@ -87,7 +68,7 @@ def run_lab_model(
 def _run(cfg: LabConfig, out: Path, device: torch.device, data_pattern: str | list[str], resume: bool,
          eval_only: bool, evaluate: bool) -> dict[str, Any]:  # fmt: skip
     preset = cfg.active()
-    started = machine_info(device)
+    started = machine_info(threads=torch.get_num_threads(), device=str(device))
     data = load_lab_data(data_pattern, preset.resolution, preset.heldout, cfg.seed)
     info_path = out / TRAINING_INFO
     if eval_only:
@@ -95,25 +76,62 @@ def _run(cfg: LabConfig, out: Path, device: torch.device, data_pattern: str | li
     else:
         result = train_lab_model(cfg, data_pattern, out, resume=resume, data=data)
         training = json.loads(info_path.read_text(encoding="utf-8"))
-        training["machine"] = {"start": started, "end_load_average": machine_info(device).get("load_average")}
+        training["machine"] = {
+            "start": started,
+            "end_load_average": machine_info(threads=torch.get_num_threads(), device=str(device)).get(
+                "load_average"
+            ),
+        }
         atomic_write(str(info_path), json.dumps(training, indent=2, sort_keys=True) + "\n")
         log.info("trained in %.0f s: %s", result.timings.get("train_total_s", 0.0), result.timings)
+        _guarded(out, "writing the model card", _write_card, cfg, training, None, data_pattern, out)
     memorization = None
     if evaluate:
-        t0 = time.perf_counter()
-        memorization = evaluate_memorization(
-            out,
-            data,
-            preset.eval,
-            device=device,
-            seed=cfg.seed,
-            nearest_train=preset.eval.nearest_train,
-            grid_path=out / "memorization.png",
-        )
-        memorization["machine"] = machine_info(device)
-        atomic_write(str(out / MEMORIZATION), json.dumps(memorization, indent=1, sort_keys=True) + "\n")
-        write_memorization_chart(memorization, out / CHART)
-        log.info("memorization measured in %.0f s", time.perf_counter() - t0)
-    card = render_model_card(cfg.preset, training, memorization, data_pattern)
-    atomic_write(str(out / "README.md"), card)
+        memorization = _guarded(out, "measuring memorization", _measure, cfg, data, out, device)
+        _guarded(out, "drawing the memorization chart", write_memorization_chart, memorization, out / CHART)
+    if evaluate or eval_only:
+        _guarded(out, "writing the model card", _write_card, cfg, training, memorization, data_pattern, out)
     return {"training": training, "memorization": memorization}
+
+
+def _measure(cfg: LabConfig, data: LabData, out: Path, device: torch.device) -> dict[str, Any]:
+    """Measure, then save ``memorization.json`` at once (before anything else can fail)."""
+    spec = cfg.active().eval
+    t0 = time.perf_counter()
+    memorization = evaluate_memorization(
+        out,
+        data,
+        spec,
+        device=device,
+        seed=cfg.seed,
+        nearest_train=spec.nearest_train,
+        grid_path=out / "memorization.png",
+    )
+    memorization["machine"] = machine_info(threads=torch.get_num_threads(), device=str(device))
+    atomic_write(str(out / MEMORIZATION), json.dumps(memorization, indent=1, sort_keys=True) + "\n")
+    log.info("memorization measured in %.0f s", time.perf_counter() - t0)
+    return memorization
+
+
+def _write_card(
+    cfg: LabConfig, training: dict[str, Any], mem: dict[str, Any] | None, pattern: str | list[str], out: Path
+) -> None:
+    atomic_write(str(out / CARD), render_model_card(cfg.preset, training, mem, pattern))
+
+
+def _guarded(out: Path, what: str, fn: Any, *args: Any) -> Any:
+    """Run one after-training step; a failure becomes one line that says the model is kept."""
+    try:
+        return fn(*args)
+    except UsageError as exc:
+        raise UsageError(
+            f"{what} failed: {exc} (the trained model in {out} is kept: fix this, then rerun "
+            "with --eval-only)"
+        ) from exc
+    except Exception as exc:
+        log.debug("%s failed", what, exc_info=True)
+        message = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {message[-1]}" if message else type(exc).__name__
+        raise EvaluationFailed(
+            f"{what} failed: {reason} (the trained model in {out} is kept; rerun with --eval-only)"
+        ) from exc

@@ -6,10 +6,10 @@ captions, LAION captions that Stable Diffusion does not regurgitate, LAION capti
 sets of Hintersdorf et al., *Finding NeMo* (NeurIPS 2024; MIT), see ``data/ATTRIBUTION.md``;
 :func:`refresh_captions` regenerates the files from those CSVs::
 
-    python -m copyguard.curation.sample_captions --refresh-captions ../shared/data/prompts
+    python -m copyguard.pipelines.lab.sample_captions --refresh-captions ../shared/data/prompts
 
 No two captions of the pool are near-duplicates under any of :data:`NEAR_DUPLICATE_LIMITS` (normalized
-shingle Jaccard; algorithms.md §10), so a caption planted once is really unique.
+shingle Jaccard; Broder, 1997), so a caption planted once is really unique.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import atomic_write
 from copyguard.curation.captions import normalize_caption, shingles
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import atomic_write
 
 __all__ = [
     "CAPTION_FILES",
@@ -77,7 +77,7 @@ class CaptionPool:
 
 
 def _data_dir():
-    return resources.files("copyguard.curation.data")
+    return resources.files("copyguard.pipelines.lab.assets")
 
 
 def load_caption_pool() -> CaptionPool:

@@ -1,7 +1,7 @@
 """``copyguard sample-data``: real images and captions as WebDataset shards, with planted duplicates.
 
-The builder draws base images from :mod:`copyguard.curation.sample_images` (SSCD-checked photo tiles) and
-captions from :mod:`copyguard.curation.sample_captions` (real COCO and LAION captions, no two alike),
+The builder draws base images from :mod:`copyguard.pipelines.lab.sample_images` (SSCD-checked photo tiles) and
+captions from :mod:`copyguard.pipelines.lab.sample_captions` (real COCO and LAION captions, no two alike),
 plants duplicate groups of known kinds, shuffles everything with the seed, names samples ``s0000000``...
 in shuffled order (a key says nothing about its kind) and writes
 
@@ -11,12 +11,14 @@ in shuffled order (a key says nothing about its kind) and writes
   samples sharing one are duplicates of each other), ``kind`` and ``copies`` (the size of the planted
   group, 1 for a unique sample).
 
-Kinds (algorithms.md §12): ``unique``; ``image_exact``, ``image_jpeg``, ``image_crop``, ``image_resize``,
+Kinds (copyguard's evaluation protocol): ``unique``; ``image_exact``, ``image_jpeg``, ``image_crop``, ``image_resize``,
 ``image_color``, ``image_overlay`` (one image, or near-copies of it, under distinct captions);
 ``caption_exact``, ``caption_case``, ``caption_punct``, ``caption_words`` (one caption, or near-copies of
 it, over distinct images); ``dup_pair`` (the same caption over copies of the same image, the pattern a
 diffusion model memorizes); ``template_caption`` (one templated LAION caption over many images);
-``broken_corrupt_image``, ``broken_missing_caption``, ``broken_non_utf8``. The same seed gives the same
+``broken_corrupt_image``, ``broken_missing_caption``, ``broken_non_utf8``. The ``hard`` preset plants
+instead every copy-edit family at two sizes and caption pairs that must and must not merge
+(:mod:`copyguard.pipelines.lab.sample_hard`; its rows also carry ``size``). The same seed gives the same
 bytes.
 """
 
@@ -31,23 +33,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from copyguard.curation.config import StrictModel
-from copyguard.curation.errors import UsageError
-from copyguard.curation.fileops import atomic_write, temp_name
+from copyguard.common.errors import UsageError
+from copyguard.common.fileops import atomic_write, temp_name
 from copyguard.curation.records import Sample
-from copyguard.curation.sample_captions import (
+from copyguard.curation.shards import ShardWriter
+from copyguard.pipelines.lab.config import SampleDataConfig
+from copyguard.pipelines.lab.sample_captions import (
     case_variants,
     load_caption_pool,
     punct_variants,
     word_variants,
 )
-from copyguard.curation.sample_images import (
+from copyguard.pipelines.lab.sample_hard import HARD_IMAGE_KINDS, hard_caption_kinds, plant_hard
+from copyguard.pipelines.lab.sample_images import (
     IMAGE_EDIT_KINDS,
     Tile,
     colourfulness,
@@ -57,15 +60,12 @@ from copyguard.curation.sample_images import (
     mnist_mosaic,
     render_tile,
 )
-from copyguard.curation.shards import ShardWriter
 
 __all__ = [
     "CAPTION_KINDS",
+    "HARD_KINDS",
     "IMAGE_KINDS",
     "KINDS",
-    "PresetConfig",
-    "Presets",
-    "SampleDataConfig",
     "build_sample_data",
     "existing_outputs",
 ]
@@ -76,103 +76,10 @@ IMAGE_KINDS = ("image_exact", *IMAGE_EDIT_KINDS)
 CAPTION_KINDS = ("caption_exact", "caption_case", "caption_punct", "caption_words")
 BROKEN_KINDS = ("broken_corrupt_image", "broken_missing_caption", "broken_non_utf8")
 KINDS = ("unique", *IMAGE_KINDS, *CAPTION_KINDS, "dup_pair", "template_caption", *BROKEN_KINDS)
+# The hard preset's kinds (sample_hard.py): an image kind per edit family, caption-pair kinds.
+HARD_KINDS = ("unique", *HARD_IMAGE_KINDS, *hard_caption_kinds())
 GROUND_TRUTH = "ground_truth.jsonl"
 SHARD_PREFIX = "shard"
-
-
-class PresetConfig(StrictModel):
-    """How many samples of each kind a preset plants."""
-
-    unique: int = Field(ge=0, description="samples with their own image and caption")
-    image_groups: int = Field(ge=0, description="groups per image kind (image_exact and each edit kind)")
-    image_group_min: int = Field(2, ge=2, description="smallest image group (original included)")
-    image_group_max: int = Field(4, ge=2, description="largest image group")
-    caption_groups: int = Field(ge=0, description="groups per caption kind")
-    caption_group_min: int = Field(2, ge=2, description="smallest caption group (original included)")
-    caption_group_max: int = Field(4, ge=2, description="largest caption group")
-    dup_counts: list[int] = Field(description="copies of each dup_pair group (each count >= 2)")
-    dup_groups_per_count: int = Field(ge=0, description="dup_pair groups for each count")
-    dup_reencoded: int = Field(1, ge=0, description="copies per dup_pair group re-encoded at another quality")
-    template_groups: int = Field(ge=0, description="template_caption groups")
-    template_min: int = Field(8, ge=2, description="fewest images under one templated caption")
-    template_max: int = Field(12, ge=2, description="most images under one templated caption")
-    broken_per_kind: int = Field(ge=0, le=400, description="samples of each broken kind")
-    samples_per_shard: int = Field(ge=1, description="valid samples per shard")
-
-    @field_validator("dup_counts")
-    @classmethod
-    def _counts(cls, value: list[int]) -> list[int]:
-        if any(count < 2 for count in value):
-            raise ValueError("every dup count must be >= 2")
-        return value
-
-    @field_validator("image_group_max", "caption_group_max", "template_max")
-    @classmethod
-    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
-        low_name = info.field_name.replace("_max", "_min") if info.field_name else ""
-        low = info.data.get(low_name)
-        if low is not None and value < low:
-            raise ValueError(f"must be >= {low_name} ({low})")
-        return value
-
-
-TINY = PresetConfig(
-    unique=150,
-    image_groups=3,
-    image_group_max=3,
-    caption_groups=3,
-    caption_group_max=3,
-    dup_counts=[2, 5, 10, 25],
-    dup_groups_per_count=1,
-    template_groups=3,
-    template_max=10,
-    broken_per_kind=3,
-    samples_per_shard=100,
-)
-SMALL = PresetConfig(
-    unique=700,
-    image_groups=25,
-    image_group_max=5,
-    caption_groups=25,
-    dup_counts=[2, 5, 10, 25, 50],
-    dup_groups_per_count=4,
-    dup_reencoded=2,
-    template_groups=12,
-    broken_per_kind=10,
-    samples_per_shard=500,
-)
-
-
-class Presets(StrictModel):
-    """The presets; a config that sets only some counts of one keeps the others' defaults."""
-
-    tiny: PresetConfig = TINY
-    small: PresetConfig = SMALL
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        merged = dict(data)
-        for name, default in (("tiny", TINY), ("small", SMALL)):
-            if isinstance(merged.get(name), dict):
-                merged[name] = {**default.model_dump(), **merged[name]}
-        return merged
-
-
-class SampleDataConfig(StrictModel):
-    """``configs/sample_data.yaml``: the ``sample-data`` builder's knobs."""
-
-    preset: Literal["tiny", "small"] = Field("small", description="which entry of presets to build")
-    seed: int = Field(0, ge=0, description="same seed, same bytes")
-    image_size: int = Field(64, ge=16, le=1024, description="side of the square base images (px)")
-    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the base images")
-    presets: Presets = Presets()
-
-    @property
-    def counts(self) -> PresetConfig:
-        return getattr(self.presets, self.preset)
 
 
 @dataclass
@@ -193,7 +100,9 @@ class _Builder:
         self.counts = cfg.counts
         self.rng = np.random.default_rng(cfg.seed)
         self.planned: list[_Planned] = []
-        self._prepare_images()
+        self.extra_fields: dict[int, dict[str, Any]] = {}  # more ground-truth fields per planned index
+        if cfg.preset != "hard":  # the hard preset draws its own tiles (sample_hard.py)
+            self._prepare_images()
         self._prepare_captions()
 
     # ---- pools -------------------------------------------------------------------------------------
@@ -281,6 +190,9 @@ class _Builder:
         return int(self.rng.integers(low, high + 1))
 
     def plant(self) -> list[_Planned]:
+        if self.cfg.preset == "hard":
+            plant_hard(self)
+            return self.planned
         c = self.counts
         q = self.cfg.jpeg_quality
         for _ in range(c.unique):
@@ -447,7 +359,10 @@ def build_sample_data(cfg: SampleDataConfig, out: str | Path, overwrite: bool = 
             "caption_group": keys[item.caption_group],
             "kind": item.kind,
             "copies": item.copies,
+            **builder.extra_fields.get(i, {}),
         }
+        if "pair" in row:  # the partner of a caption pair, planted by index
+            row["pair"] = keys[row["pair"]]
         lines.append(json.dumps(row))
     atomic_write(str(folder / GROUND_TRUTH), ("\n".join(lines) + "\n").encode("utf-8"))
 
@@ -460,7 +375,7 @@ def build_sample_data(cfg: SampleDataConfig, out: str | Path, overwrite: bool = 
         "valid": len(planned) - sum(kinds[k] for k in BROKEN_KINDS),
         "broken": sum(kinds[k] for k in BROKEN_KINDS),
         "shards": len(shards),
-        "kinds": {k: kinds[k] for k in KINDS if kinds[k]},
+        "kinds": {k: kinds[k] for k in dict.fromkeys((*KINDS, *HARD_KINDS)) if kinds[k]},
         "seconds": round(time.perf_counter() - start, 2),
     }
     log.info(

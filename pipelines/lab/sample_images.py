@@ -10,7 +10,7 @@ Every image comes from data that ships with our dependencies, so nothing is down
 A base image is one 32 px square tile of a photo, cut on a disjoint grid (one tile size per photo,
 never flipped or rotated, near-uniform tiles skipped) and resized to the sample size (64 px). The tiles
 used are listed in the shipped ``data/image_pool.json``: ``benchmarks/sample_data_sscd.py`` chose them
-with the SSCD copy detector (algorithms.md §9) so that no two are copies of each other (cosine < 0.5);
+with the SSCD copy detector (Pizzi et al., CVPR 2022) so that no two are copies of each other (cosine < 0.5);
 the tiles marked ``editable`` also stay copies under every planted edit of :func:`make_variant` (cosine
 >= 0.7 at the strongest settings) while no edit becomes a copy of another tile. Only editable tiles are
 edited. Coarser tiles would look less blurry but give far fewer distinct images: SSCD rates neighbouring
@@ -186,7 +186,7 @@ def grid_tiles(
 
 def load_image_pool() -> list[Tile]:
     """The SSCD-checked tiles shipped in ``data/image_pool.json``, in file order."""
-    text = resources.files("copyguard.curation.data").joinpath("image_pool.json").read_text("utf-8")
+    text = resources.files("copyguard.pipelines.lab.assets").joinpath("image_pool.json").read_text("utf-8")
     return [Tile.from_json(row) for row in json.loads(text)["tiles"]]
 
 

@@ -7,7 +7,7 @@ Stages (each resumable from its last checkpoint in ``MODEL_DIR/checkpoints``):
 3. ``unet``: ``UNet2DConditionModel`` and the ``CLIPTextModel`` trained jointly on epsilon prediction,
    with caption dropout (the empty prompt) so classifier-free guidance works, and an EMA of both.
 4. the diffusers folder (``StableDiffusionPipeline`` layout, EMA weights, no safety checker), then the
-   memorization measurement (:mod:`copyguard.train.lab_eval`) and the model card.
+   memorization measurement (:mod:`copyguard.pipelines.lab.evaluate`) and the model card.
 
 Determinism: the data order of every epoch and every random draw of step ``s`` come from generators seeded
 with ``(seed, stage, epoch)`` / ``(seed, stage, s)``, so an interrupted and resumed run repeats the
@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 
-from copyguard.curation.errors import UsageError
-from copyguard.train.lab_components import (
+from copyguard.common.errors import UsageError
+from copyguard.common.runtime import choose_threads, resolve_device
+from copyguard.pipelines.lab.architecture import (
     build_clip_tokenizer,
     build_scheduler,
     build_text_encoder,
@@ -44,10 +45,11 @@ from copyguard.train.lab_components import (
     count_params,
     save_pipeline,
 )
-from copyguard.train.lab_config import LabConfig, PresetConfig
-from copyguard.train.lab_data import LabData, load_lab_data, tokenize_captions
+from copyguard.pipelines.lab.config import LabConfig, LabPresetConfig
+from copyguard.pipelines.lab.data import LabData, load_lab_data, tokenize_captions
+from copyguard.train.ema import ExponentialMovingAverage
 
-__all__ = ["LabResult", "choose_threads", "resolve_device", "torch_settings", "train_lab_model"]
+__all__ = ["LabResult", "torch_settings", "train_lab_model"]
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +66,6 @@ class LabResult:
     params: dict[str, int] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
     scaling_factor: float = 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def choose_threads(requested: int = 0) -> int:
-    """CPU threads for torch: ``requested`` when > 0; else all cores on an idle machine, one otherwise.
-
-    Small models gain little from a second thread, while OpenMP threads that compete with other busy
-    processes spin and slow every step down several-fold (measured 4x on the 2-core lab machine).
-    """
-    if requested > 0:
-        return requested
-    try:
-        idle = os.getloadavg()[0] < 0.5
-    except OSError:
-        idle = False
-    return (os.cpu_count() or 1) if idle else 1
 
 
 def _generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -113,26 +91,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     frac = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-
-class _Ema:
-    """Exponential moving average of a module's floating-point state (decay warms up from 0)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def copy_to(self, module: torch.nn.Module) -> None:
-        module.load_state_dict(self.shadow)
 
 
 def _save_ckpt(path: Path, state: dict[str, Any]) -> None:
@@ -171,7 +129,7 @@ def _to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _train_vae(vae, data: LabData, preset: PresetConfig, ctx: dict[str, Any]) -> float:
+def _train_vae(vae, data: LabData, preset: LabPresetConfig, ctx: dict[str, Any]) -> float:
     spec = preset.vae
     device, seed = ctx["device"], ctx["seed"]
     ckpt_path = ctx["ckpt_dir"] / "vae.pt"
@@ -224,14 +182,17 @@ def _encode_latents(
 
 
 def _train_unet(unet, text_encoder, lat: tuple[torch.Tensor, ...], ids: np.ndarray, empty: np.ndarray,
-                preset: PresetConfig, ctx: dict[str, Any]) -> float:  # fmt: skip
+                preset: LabPresetConfig, ctx: dict[str, Any]) -> float:  # fmt: skip
     spec = preset.unet
     device, seed = ctx["device"], ctx["seed"]
     noise_sched = DDPMScheduler.from_config(build_scheduler(preset).config)
     ckpt_path = ctx["ckpt_dir"] / "unet.pt"
+    unet.to(device).train()  # before the EMA copies the weights: its shadow lives on the same device
+    text_encoder.to(device).train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    ema_u, ema_t = _Ema(unet, spec.ema_decay), _Ema(text_encoder, spec.ema_decay)
+    ema_u = ExponentialMovingAverage(unet.state_dict(), spec.ema_decay)
+    ema_t = ExponentialMovingAverage(text_encoder.state_dict(), spec.ema_decay)
     start, loss_avg = 0, float("nan")
     state = _load_ckpt(ckpt_path, ctx["fp_unet"]) if ctx["resume"] else None
     if state is not None:
@@ -246,8 +207,6 @@ def _train_unet(unet, text_encoder, lat: tuple[torch.Tensor, ...], ids: np.ndarr
     scale = ctx["scaling_factor"]
     ids_t, empty_t = torch.from_numpy(ids), torch.from_numpy(empty)
     acp = noise_sched.alphas_cumprod
-    unet.to(device).train()
-    text_encoder.to(device).train()
     bar = tqdm(range(start, spec.steps), desc="unet", initial=start, total=spec.steps, unit="step")
     for step in bar:
         if ctx["stop"] == ("unet", step):
@@ -274,8 +233,8 @@ def _train_unet(unet, text_encoder, lat: tuple[torch.Tensor, ...], ids: np.ndarr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema_u.update(unet, step)
-        ema_t.update(text_encoder, step)
+        ema_u.update(unet.state_dict(), step)
+        ema_t.update(text_encoder.state_dict(), step)
         loss_avg = loss.item() if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * loss.item()
         bar.set_postfix(loss=f"{loss_avg:.4f}")
         if (step + 1) % preset.checkpoint_every == 0 or step + 1 == spec.steps:
@@ -290,8 +249,8 @@ def _train_unet(unet, text_encoder, lat: tuple[torch.Tensor, ...], ids: np.ndarr
                 "fingerprint": ctx["fp_unet"],
             }
             _save_ckpt(ckpt_path, state)
-    ema_u.copy_to(unet)
-    ema_t.copy_to(text_encoder)
+    ema_u.copy_to(unet.state_dict())
+    ema_t.copy_to(text_encoder.state_dict())
     unet.eval()
     text_encoder.eval()
     return loss_avg
@@ -336,7 +295,7 @@ def train_lab_model(
         return _train(cfg, preset, device, data_pattern, Path(out_dir), resume, data, stop_at)
 
 
-def _train(cfg: LabConfig, preset: PresetConfig, device: torch.device, data_pattern: str | list[str], out: Path,
+def _train(cfg: LabConfig, preset: LabPresetConfig, device: torch.device, data_pattern: str | list[str], out: Path,
            resume: bool, data: LabData | None, stop_at: tuple[str, int] | None) -> LabResult:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

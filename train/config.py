@@ -1,32 +1,31 @@
-"""``TrainConfig``: the settings of ``copyguard train`` (``configs/train.yaml``, section ``train``).
+"""The training stage's config schemas: ``copyguard train`` (``configs/train.yaml``, section ``train``).
 
-Also the command-line arguments, defined once here and shared by ``copyguard train`` and
-``accelerate launch -m copyguard.train`` (:func:`add_arguments`, :func:`config_from_args`).
+Schemas only: this module imports pydantic, the standard library and :mod:`copyguard.common` (plus the
+curation schemas), never torch. The command-line arguments live in :mod:`copyguard.train.args`.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from copyguard.curation.config import StrictModel, load_config
+from copyguard.common.config import StrictModel
+from copyguard.curation.config import DEFAULT_MAX_PIXELS
 
 __all__ = [
-    "DataSpec",
-    "FilterSpec",
-    "LoraSpec",
+    "LORA_TARGETS",
+    "DataConfig",
+    "FilterConfig",
+    "LoraConfig",
     "TrainConfig",
-    "ValidationSpec",
-    "add_arguments",
-    "config_from_args",
+    "ValidationConfig",
 ]
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-class DataSpec(StrictModel):
+class DataConfig(StrictModel):
     """The WebDataset stream: image transforms, caption dropout, shuffling, workers."""
 
     resolution: int | None = Field(None, ge=8, description="training size in px (None: the model's own)")
@@ -35,10 +34,10 @@ class DataSpec(StrictModel):
     caption_dropout: float = Field(0.1, ge=0, le=1, description="share of captions replaced by ''")
     shuffle_buffer: int = Field(256, ge=0, description="samples in the shuffle buffer (0: no shuffle)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb limit per image")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")
 
 
-class LoraSpec(StrictModel):
+class LoraConfig(StrictModel):
     """LoRA on the UNet attention projections (peft)."""
 
     rank: int = Field(4, ge=1)
@@ -46,15 +45,15 @@ class LoraSpec(StrictModel):
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
 
 
-class FilterSpec(StrictModel):
-    """The memorization filter of algorithms.md §5.
+class FilterConfig(StrictModel):
+    """The training-time memorization filter (Wen et al., ICLR 2024, Sec. 5: magnitude filtering).
 
     ``threshold`` fixed, or (when None) calibrated as the ``percentile`` of the magnitudes seen over the first
     ``calibrate_steps`` optimizer steps (nothing is filtered while calibrating). ``timestep_buckets`` N > 1
     calibrates one threshold per equal-width bucket of ``[0, num_train_timesteps)`` (the magnitude's scale
-    depends on ``t``) and compares each sample with its own bucket's; 1 (default) is the single threshold of
-    §5. A fixed ``threshold`` stays one number. ``batched``: true makes one
-    UNet call on the concatenated (uncond, cond) batch of 2B (§5); false runs the unconditional half as a
+    depends on ``t``) and compares each sample with its own bucket's; 1 (default) is the paper's single
+    threshold. A fixed ``threshold`` stays one number. ``batched``: true makes one UNet call on the
+    concatenated (uncond, cond) batch of 2B (the paper's form); false runs the unconditional half as a
     separate no-grad call. ``auto`` (default) batches on CUDA and runs the no-grad call elsewhere: on a
     compute-bound CPU the batched call's backward over 2B samples costs more than one extra no-grad forward
     (measured 1.49x vs 1.15x the unfiltered step; docs/training.md).
@@ -72,7 +71,7 @@ class FilterSpec(StrictModel):
         return device_type == "cuda" if self.batched == "auto" else bool(self.batched)
 
 
-class ValidationSpec(StrictModel):
+class ValidationConfig(StrictModel):
     """Images for fixed prompts every ``every`` steps (0: never), saved and sent to the tracker."""
 
     prompts: list[str] = Field(default_factory=list)
@@ -104,11 +103,14 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(100, ge=1)
     checkpoints_keep: int = Field(2, ge=1, description="newest checkpoints kept")
     log_every: int = Field(10, ge=1)
+    report_to: Literal["tensorboard", "wandb", "all"] = Field(
+        "tensorboard", description="experiment tracker(s) of accelerate; 'all': every installed one"
+    )
     threads: int = Field(0, ge=0, description="CPU torch threads (0: all when idle, else 1)")
-    data: DataSpec = DataSpec()
-    lora: LoraSpec = LoraSpec()
-    filter: FilterSpec = FilterSpec()
-    validation: ValidationSpec = ValidationSpec()
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    filter: FilterConfig = FilterConfig()
+    validation: ValidationConfig = ValidationConfig()
     # Test hook, documented in docs/training.md: multiply the loss of this optimizer step (1-based) by NaN, to
     # check that a non-finite loss stops the run cleanly. Never set it for real training.
     debug_nan_at_step: int | None = Field(None, ge=1)
@@ -118,32 +120,3 @@ class TrainConfig(StrictModel):
         if self.lr_warmup_steps >= self.max_steps and self.lr_warmup_steps:
             raise ValueError("lr_warmup_steps must be below max_steps")
         return self
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train`` arguments (one definition for both entry points)."""
-    parser.add_argument("--model", required=True, metavar="DIR", help="a local diffusers SD folder")
-    parser.add_argument("--data", required=True, metavar="GLOB", help="training shards, e.g. 'DIR/*.tar'")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder of the run")
-    parser.add_argument(
-        "--resume",
-        default=None,
-        metavar="latest|PATH",
-        help="continue from RUN_DIR's newest checkpoint ('latest') or a checkpoint folder",
-    )
-    parser.add_argument(
-        "--config", metavar="PATH", default=None, help="YAML config (default: configs/train.yaml)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="train.KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one config value, e.g. --set train.mode=full (repeatable)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Load ``--config`` with the ``--set`` overrides (errors are one-line :class:`ConfigError`)."""
-    return load_config(TrainConfig, "train", args.config, list(args.overrides))

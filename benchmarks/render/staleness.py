@@ -3,6 +3,7 @@
 Each benchmark lists the source paths its figures depend on (:data:`SOURCES`). A result is *stale* when
 git shows a change to one of those paths between the commit recorded in the result (``git.commit``,
 written by :func:`benchmarks.common.begin`) and the working tree, or when the result records no commit.
+Rendering code is in no list: re-rendering a page never makes its figures stale.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SOURCES", "stale_reason"]
+from benchmarks.render.base import load_results
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["SOURCES", "stale_reason", "stale_results"]
+
+ROOT = Path(__file__).resolve().parents[2]
 _CURATE = [
     "curation/",
     "pipelines/curate.py",
     "pipelines/curate_steps.py",
     "pipelines/transforms.py",
-    "pipelines/beam_components.py",
+    "pipelines/beam_connected_components.py",
     "pipelines/beam_io.py",
     "pipelines/embed_handler.py",
     "configs/curate.yaml",
@@ -30,8 +33,18 @@ SOURCES: dict[str, list[str]] = {
     "minhash": ["curation/captions.py", "pipelines/transforms.py", "benchmarks/bench_minhash.py"],
     "faiss": ["curation/clustering.py", "benchmarks/bench_faiss.py"],
     "embedders": ["curation/embedders.py", "curation/images.py", "benchmarks/bench_embedders.py"],
-    "sample_data": ["curation/sample_data.py", "curation/sample_images.py", "benchmarks/sample_data_sscd.py"],
-    "lab_model": ["train/lab_", "configs/lab.yaml", "curation/sample_data.py", "benchmarks/bench_lab.py"],
+    "sample_data": [
+        "pipelines/lab/sample_data.py",
+        "pipelines/lab/sample_images.py",
+        "pipelines/lab/image_pool.py",
+        "benchmarks/sample_data_sscd.py",
+    ],
+    "lab_model": [
+        "train/lab_",
+        "configs/lab.yaml",
+        "pipelines/lab/sample_data.py",
+        "benchmarks/bench_lab.py",
+    ],
     "lab_mitigation": ["mitigation/", "benchmarks/lab_mitigation.py"],
     "mitigation": ["mitigation/", "benchmarks/bench_mitigation.py"],
     "train": [
@@ -44,7 +57,7 @@ SOURCES: dict[str, list[str]] = {
         "train/finetune",
         "train/mem_filter.py",
         "mitigation/magnitude.py",
-        "benchmarks/lab_train.py",
+        "benchmarks/train_evidence.py",
     ],
 }
 
@@ -82,3 +95,15 @@ def stale_reason(
     if (result.get("git") or {}).get("dirty"):
         return None  # measured on uncommitted changes that have since been committed unchanged
     return None
+
+
+def stale_results(root: str | Path) -> list[str]:
+    """``machine/name: reason`` for every recorded result under ``root`` whose code changed since."""
+    out: list[str] = []
+    cache: dict[str, list[str] | None] = {}
+    for name, by_machine in sorted(load_results(root).items()):
+        for machine, result in sorted(by_machine.items()):
+            reason = stale_reason(name, result, cache)
+            if reason:
+                out.append(f"{machine}/{name}: {reason}")
+    return out

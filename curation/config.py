@@ -1,7 +1,9 @@
-"""The curation job's config schema (``configs/curate.yaml``, section ``curate``).
+"""The curation stage's config schemas (``configs/curate.yaml``, section ``curate``).
 
-Thresholds and their reasons are documented with each field; algorithms.md §10 (captions), §11 (images).
-Load it with ``load_config(CurateConfig, "curate", path, overrides)``.
+Thresholds and their reasons are documented with each field: MinHash LSH over caption shingles, SSCD
+descriptors (Pizzi et al., CVPR 2022) with a FAISS similarity graph over images.
+Load it with ``load_config(CurateConfig, "curate", path, overrides)``. Schemas only: this module imports
+pydantic, the standard library and :mod:`copyguard.common`, so reading a config never loads Beam or FAISS.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from copyguard.curation.config import StrictModel
-from copyguard.curation.images import DEFAULT_MAX_PIXELS
+from copyguard.common.config import StrictModel
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "CurateConfig",
     "ImagesConfig",
     "IOConfig",
@@ -22,13 +24,30 @@ __all__ = [
     "ReportConfig",
 ]
 
+# Decompression-bomb guard: images with more pixels are rejected before decoding (curation.images).
+DEFAULT_MAX_PIXELS = 64_000_000
+
 
 class MinHashConfig(StrictModel):
-    """Near-duplicate captions: MinHash LSH (algorithms.md §10)."""
+    """Near-duplicate captions: MinHash LSH (Broder, 1997) with exact Jaccard verification."""
 
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (128-256 usual)")
-    shingle_n: int = Field(5, ge=1, le=64, description="shingle length: words or characters")
-    shingle_kind: Literal["word", "char"] = Field("char", description="word or character n-grams")
+    canonical: bool = Field(
+        True,
+        description="compare captions in canonical word form (case, punctuation, articles and stop words, "
+        "tag order and product codes ignored; a changed content word is a different caption)",
+    )
+    drop_stopwords: bool = Field(True, description="canonical form: drop articles and stop words")
+    sort_tags: bool = Field(True, description="canonical form: a tag list compares as a set")
+    mask_codes: bool = Field(True, description="canonical form: product codes, prices and long numbers match")
+    word_ngrams: int = Field(2, ge=1, le=8, description="canonical form: word n-gram shingles")
+    exact_max_words: int = Field(
+        4, ge=0, le=64, description="canonical captions of at most this many words must match exactly"
+    )
+    shingle_n: int = Field(5, ge=1, le=64, description="shingle length (only with canonical: false)")
+    shingle_kind: Literal["word", "char"] = Field(
+        "char", description="word or character n-grams (only with canonical: false)"
+    )
     threshold: float = Field(
         0.5,
         gt=0.0,
@@ -47,7 +66,7 @@ class MinHashConfig(StrictModel):
 
 
 class ImagesConfig(StrictModel):
-    """Near-duplicate images: SSCD descriptors, FAISS similarity graph, clustering (algorithms.md §11)."""
+    """Near-duplicate images: SSCD descriptors, FAISS similarity graph, clustering (Pizzi et al., CVPR 2022)."""
 
     embedder: Literal["sscd-onnx", "sscd-distilled-onnx", "torchscript"] = "sscd-onnx"
     embedder_path: str | None = Field(None, description="model file; default: the packaged ONNX model")
@@ -84,6 +103,41 @@ class ImagesConfig(StrictModel):
     query_batch: int = Field(4096, ge=1, description="queries per FAISS call (bounds memory)")
     use_gpu: Literal["auto"] | bool = Field("auto", description="GPU FAISS: auto-detect, force or forbid")
     seed: int = Field(0, ge=0, description="seed of the IVF training sample")
+    # Copy matching (curation/image_match.py, docs/curation.md "Image copies"): SSCD score normalization.
+    score_norm: bool = Field(
+        False, description="subtract each image's mean similarity to a background set (SSCD sec. 3.4)"
+    )
+    norm_k: int = Field(20, ge=1, le=1024, description="background neighbours averaged per descriptor")
+    norm_beta: float = Field(0.5, ge=0.0, le=4.0, description="weight of the background similarity")
+    norm_offset: float = Field(
+        0.35, ge=0.0, le=1.0, description="added back, so threshold 0.75 means a normalized score of 0.40"
+    )
+    norm_background: int = Field(1000, ge=10, description="background descriptors (a fixed sample)")
+    # The distributed job's partitioned search (curation/partitions.py, docs/curation.md "Scale"). Defaults
+    # from benchmarks/bench_curate_scale.py's data at 1e5: about 1,000 descriptors per partition keeps the
+    # exact search inside a partition as cheap as the single-worker IVF join (nlist 4 sqrt(N), nprobe 8);
+    # margin 0.05 with up to 8 partitions: 3.6 visits per descriptor, 98.5% of planted pairs as candidates
+    # (0.1: 5.2 visits, 98.9%; 0.05 with 4: 2.4 visits, 95.6%).
+    partition_size: int = Field(
+        1000, ge=1, description="distributed search: target descriptors per partition (partitions = N / size)"
+    )
+    partition_sample: int = Field(
+        50_000, ge=20, description="descriptors (smallest key hashes) the coarse k-means is trained on"
+    )
+    partition_min_train: int = Field(
+        20,
+        ge=1,
+        description="sampled descriptors per centroid at least (fewer partitions beat badly trained ones)",
+    )
+    partition_probe: int = Field(
+        8, ge=1, description="partitions a descriptor is searched in at most: its home plus neighbours"
+    )
+    partition_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=2.0,
+        description="a neighbouring partition is probed when its centroid similarity is within this of the home's",
+    )
 
     @model_validator(mode="after")
     def _join_not_looser(self) -> ImagesConfig:
@@ -102,12 +156,25 @@ class PolicyConfig(StrictModel):
     )
     template_policy: Literal["keep", "cap", "drop"] = Field("cap", description="what to do with templated")
     template_cap: int = Field(3, ge=1, description="kept samples per templated caption under 'cap'")
+    template_min_words: int = Field(
+        3,
+        ge=0,
+        description="a caption is a template only with at least this many content words (generic short "
+        "captions shared by chance never drop distinct image-text pairs)",
+    )
 
 
 class IOConfig(StrictModel):
     """Reading and writing shards."""
 
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard")
+    max_member_bytes: int = Field(
+        64 << 20, ge=1024, description="a tar member larger than this is rejected unread (member_too_large)"
+    )
+    max_caption_bytes: int = Field(
+        8 << 10, ge=16, description="a longer caption is rejected unread (caption_too_long)"
+    )
+    max_metadata_bytes: int = Field(1 << 20, ge=16, description="a larger .json member is rejected unread")
     samples_per_shard: int = Field(10_000, ge=1, description="output shard rolls after this many samples")
     max_shard_bytes: int = Field(1 << 30, ge=1024, description="output shard rolls after this many bytes")
 
