@@ -123,7 +123,7 @@ def patched_job_embedder(kind: str, cfg: CurateConfig) -> Iterator[None]:
 
     Works because the default runner executes the job in this process.
     """
-    import copyguard.pipelines.curate_steps as steps
+    import copyguard.pipelines.curate_graph as steps
     import copyguard.pipelines.embed_handler as handler
 
     saved = handler.load_embedder, steps.load_embedder

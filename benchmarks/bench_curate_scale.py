@@ -182,7 +182,7 @@ def single_worker(path: str, pairs_path: str) -> dict[str, Any]:
 
     from copyguard.curation.clustering import cluster_components, similarity_edges
     from copyguard.curation.config import CurateConfig
-    from copyguard.curation.connected_components import group_ids
+    from copyguard.curation.union_find import group_ids
     from copyguard.curation.index import IndexEntry, TrainingIndex
     from copyguard.curation.policy import decide
 

@@ -55,7 +55,7 @@ from copyguard.common.config import load_config
 from copyguard.curation.captions import caption_groups as memory_groups
 from copyguard.curation.captions import exact_jaccard, shingles
 from copyguard.curation.config import CurateConfig, MinHashConfig
-from copyguard.curation.connected_components import connected_components, group_members
+from copyguard.curation.union_find import connected_components, group_members
 from copyguard.pipelines.lab.sample_captions import (
     case_variants,
     load_caption_pool,

@@ -27,7 +27,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     captions: minhash_signature minhash_signatures caption_groups
     embedders: load_embedder
     clustering: cluster_embeddings
-    components: connected_components
+    union_find: connected_components
     policy: decide Decision
     manifest: read_manifest write_manifest
     index: TrainingIndex IndexEntry NearestResult

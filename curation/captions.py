@@ -11,7 +11,7 @@ Massive Datasets*, ch. 3) turns it into candidate buckets; candidates are verifi
 The Beam shell runs these per element: each caption emits ``(band, band_hash)`` keys from
 :func:`band_keys`; a GroupByKey on them gives candidate buckets; :func:`bucket_edges` turns a bucket into
 star edges to its smallest key (optionally verified with the exact shingle Jaccard); connected components
-(:func:`copyguard.curation.connected_components.connected_components`) give the caption groups.
+(:func:`copyguard.curation.union_find.connected_components`) give the caption groups.
 :func:`caption_groups` does all of it in memory for small inputs and tests.
 
 Signatures are identical across processes: datasketch hashes shingles with SHA-1 and draws its permutations
@@ -33,7 +33,7 @@ from datasketch.lsh import _optimal_param
 
 from copyguard.curation.caption_canon import CaptionCanon, canonical_shingles
 from copyguard.curation.config import MinHashConfig
-from copyguard.curation.connected_components import connected_components
+from copyguard.curation.union_find import connected_components
 
 __all__ = [
     "band_keys",

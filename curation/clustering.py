@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
 from copyguard.curation.config import ImagesConfig
-from copyguard.curation.connected_components import group_ids
+from copyguard.curation.union_find import group_ids
 
 __all__ = [
     "cluster_components",

@@ -29,7 +29,7 @@ import numpy as np
 
 from copyguard.curation.clustering import cluster_components
 from copyguard.curation.config import CurateConfig
-from copyguard.curation.connected_components import connected_components, group_ids
+from copyguard.curation.union_find import connected_components, group_ids
 from copyguard.curation.index import IndexEntry
 from copyguard.curation.policy import CAPTION_RULES, KEPT, decide, summarize
 

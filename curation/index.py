@@ -67,6 +67,7 @@ from copyguard.curation.index_format import (
     _sha256,
     _table_bytes,
     _to_entry,
+    check_run_finished,
 )
 
 __all__ = ["FORMAT_VERSION", "IndexEntry", "NearestResult", "TrainingIndex"]
@@ -219,6 +220,7 @@ class TrainingIndex:
         A sharded index (the curation job's ``OUT/index``: one index per partition) loads as a
         :class:`~copyguard.curation.index_shards.ShardedIndex`, which answers the same queries."""
         fs = fs or LocalFileOps()
+        check_run_finished(directory, fs)  # OUT/index of a killed or failed curation run: refused
         info_path = fs.join(directory, INFO_FILE)
         if not fs.exists(info_path):
             raise UsageError(f"no training index in {directory}: {INFO_FILE} is missing (run the curate job)")

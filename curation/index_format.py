@@ -20,6 +20,8 @@ from copyguard.curation.embedders import ImageEmbedder, embedder_info
 __all__ = [
     "ENTRIES_FILE",
     "FORMAT",
+    "INCOMPLETE_MARKER",
+    "SUCCESS_MARKER",
     "FORMAT_VERSION",
     "INFO_FILE",
     "MINHASH_FILE",
@@ -27,6 +29,7 @@ __all__ = [
     "VECTORS_FILE",
     "IndexEntry",
     "NearestResult",
+    "check_run_finished",
 ]
 
 FORMAT = "copyguard-training-index"
@@ -38,6 +41,22 @@ VECTORS_FILE, ENTRIES_FILE, MINHASH_FILE, INFO_FILE = (
     "minhash.npy",
     "index.json",
 )
+# The curation job writes OUT/_INCOMPLETE before any output and replaces it with OUT/_SUCCESS as its last step.
+INCOMPLETE_MARKER, SUCCESS_MARKER = "_INCOMPLETE", "_SUCCESS"
+
+
+def check_run_finished(directory: str, fs: Any) -> None:
+    """UsageError when the index ``directory`` sits in a curation output whose run did not finish
+    (``_INCOMPLETE`` beside it). An index saved anywhere else (no marker) is not concerned."""
+    path = directory.rstrip("/") or "/"
+    head, sep, _ = path.rpartition("/")
+    parent = (head or "/") if sep else "."
+    if fs.exists(fs.join(parent, INCOMPLETE_MARKER)):
+        raise UsageError(
+            f"index of an unfinished curation run (no {SUCCESS_MARKER} in {parent}): rerun with --resume"
+        )
+
+
 _SCHEMA = pa.schema(
     [
         ("key", pa.string()),

@@ -42,6 +42,7 @@ from copyguard.curation.index_format import (
     SHARDED_FORMAT,
     IndexEntry,
     NearestResult,
+    check_run_finished,
 )
 
 __all__ = [
@@ -223,6 +224,7 @@ class ShardedIndex:
     ) -> ShardedIndex:
         """Open ``directory`` (checks the format and the centroids; shards are checked when opened)."""
         fs = fs or LocalFileOps()
+        check_run_finished(directory, fs)
         info = _load_info(directory, fs)
         return cls(directory, fs, info, _load_centroids(directory, info, fs), nprobe, max_open)
 

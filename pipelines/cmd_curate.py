@@ -33,13 +33,16 @@ Exit codes: 0 done, 1 the job failed (e.g. the accounting invariant broke), 2 us
 
 def _run_curate(args: argparse.Namespace, beam_options: list[str]) -> int:
     from copyguard.curation.config import CurateConfig
-    from copyguard.pipelines.curate import run_curation
+    from copyguard.pipelines.curate import AlreadyComplete, run_curation
 
     config = load_config(CurateConfig, "curate", args.config, list(args.overrides))
     try:
         report = run_curation(config, **job_arguments(args), beam_options=beam_options)
     except UsageError:
         raise
+    except AlreadyComplete as done:  # --resume on a finished run: nothing to do
+        print(f"{done.output}: already complete")
+        return 0
     except Exception as exc:  # a failed pipeline: one line, exit 1 (the traceback is logged at debug level)
         log.debug("curation failed", exc_info=True)
         message = str(exc).strip().splitlines()
@@ -98,17 +101,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the outputs of an earlier run in OUTPUT"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run in OUTPUT (its partial outputs are cleared and the job reruns); "
+        "a finished OUTPUT is left as it is",
+    )
 
 
 def job_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The typed keyword arguments of :func:`copyguard.pipelines.curate.run_curation` from the parsed
-    :func:`add_arguments` (``inputs``, ``output``, ``reference``, ``exclude_keys``, ``overwrite``)."""
+    :func:`add_arguments` (``inputs``, ``output``, ``reference``, ``exclude_keys``, ``overwrite``, ``resume``)."""
     return {
         "inputs": args.input,
         "output": args.output,
         "reference": args.reference,
         "exclude_keys": args.exclude_keys,
         "overwrite": args.overwrite,
+        "resume": args.resume,
     }
 
 

@@ -36,7 +36,7 @@ from copyguard.curation.captions import (
     star_edges,
 )
 from copyguard.curation.config import MinHashConfig
-from copyguard.curation.connected_components import connected_components
+from copyguard.curation.union_find import connected_components
 from copyguard.pipelines.lab.caption_pairs import MERGE_EDITS, SPLIT_EDITS, caption_pair_set
 from copyguard.pipelines.lab.sample_captions import load_caption_pool
 from copyguard.pipelines.transforms import CaptionComponents, EmbeddedSample

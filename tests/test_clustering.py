@@ -14,7 +14,7 @@ from copyguard.curation.clustering import (
     similarity_edges,
 )
 from copyguard.curation.config import ImagesConfig
-from copyguard.curation.connected_components import connected_labels
+from copyguard.curation.union_find import connected_labels
 from copyguard.curation.evaluate import pairwise_scores
 
 

@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from copyguard.curation.config import CurateConfig, MinHashConfig
-from copyguard.curation.connected_components import connected_components
+from copyguard.curation.union_find import connected_components
 from copyguard.curation.index import TrainingIndex
 from copyguard.curation.index_shards import ShardedIndex
 from copyguard.curation.manifest import read_manifest

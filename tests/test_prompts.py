@@ -114,7 +114,10 @@ def test_encode_prompts_equals_the_pipeline_encoding() -> None:
         pos, neg = pipe.encode_prompt(prompts, torch.device("cpu"), 1, True, negative_prompt=None)
         pair = encode_prompts((pipe.tokenizer, pipe.text_encoder), prompts, "cpu")
     assert ours.shape == (3, 77, 32)
-    assert torch.equal(ours[:2], pos) and torch.equal(ours[2:].expand(2, -1, -1), neg)
+    # Exact for the prompts; the empty prompt within float rounding (CPU kernels may block a batch of 3
+    # and a batch of 2 differently).
+    assert torch.equal(ours[:2], pos)
+    torch.testing.assert_close(ours[2:].expand(2, -1, -1), neg, rtol=0, atol=1e-5)
     assert torch.equal(pair, pos)
     ids = tokenize_prompts(pipe.tokenizer, prompts)
     assert ids.shape == (2, 77) and int(ids[0, 0]) == pipe.tokenizer.bos_token_id

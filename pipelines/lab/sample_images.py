@@ -9,7 +9,7 @@ Every image comes from data that ships with our dependencies, so nothing is down
 
 A base image is one 32 px square tile of a photo, cut on a disjoint grid (one tile size per photo,
 never flipped or rotated, near-uniform tiles skipped) and resized to the sample size (64 px). The tiles
-used are listed in the shipped ``data/image_pool.json``: ``benchmarks/sample_data_sscd.py`` chose them
+used are listed in the shipped ``assets/image_pool.json``: ``python -m copyguard.pipelines.lab.image_pool select`` chose them
 with the SSCD copy detector (Pizzi et al., CVPR 2022) so that no two are copies of each other (cosine < 0.5);
 the tiles marked ``editable`` also stay copies under every planted edit of :func:`make_variant` (cosine
 >= 0.7 at the strongest settings) while no edit becomes a copy of another tile. Only editable tiles are
