@@ -182,9 +182,9 @@ def single_worker(path: str, pairs_path: str) -> dict[str, Any]:
 
     from copyguard.curation.clustering import cluster_components, similarity_edges
     from copyguard.curation.config import CurateConfig
-    from copyguard.curation.union_find import group_ids
     from copyguard.curation.index import IndexEntry, TrainingIndex
     from copyguard.curation.policy import decide
+    from copyguard.curation.union_find import group_ids
 
     cfg = CurateConfig()
     x = np.load(path)

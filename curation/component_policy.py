@@ -29,9 +29,9 @@ import numpy as np
 
 from copyguard.curation.clustering import cluster_components
 from copyguard.curation.config import CurateConfig
-from copyguard.curation.union_find import connected_components, group_ids
 from copyguard.curation.index import IndexEntry
 from copyguard.curation.policy import CAPTION_RULES, KEPT, decide, summarize
+from copyguard.curation.union_find import connected_components, group_ids
 
 __all__ = ["ComponentResult", "Member", "decide_component", "empty_summary", "merge_summaries"]
 

@@ -14,8 +14,8 @@ from copyguard.curation.clustering import (
     similarity_edges,
 )
 from copyguard.curation.config import ImagesConfig
-from copyguard.curation.union_find import connected_labels
 from copyguard.curation.evaluate import pairwise_scores
+from copyguard.curation.union_find import connected_labels
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -13,11 +13,11 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from copyguard.curation.config import CurateConfig, MinHashConfig
-from copyguard.curation.union_find import connected_components
 from copyguard.curation.index import TrainingIndex
 from copyguard.curation.index_shards import ShardedIndex
 from copyguard.curation.manifest import read_manifest
 from copyguard.curation.shards import iter_samples
+from copyguard.curation.union_find import connected_components
 from copyguard.pipelines.beam_connected_components import ConnectedComponents
 from copyguard.pipelines.cli import main
 from copyguard.pipelines.curate import _prepare_output, build_pipeline, run, run_curation

@@ -12,7 +12,6 @@ from copyguard.common.errors import UsageError
 from copyguard.curation.clustering import cluster_embeddings, similarity_edges
 from copyguard.curation.component_policy import Member, decide_component, empty_summary, merge_summaries
 from copyguard.curation.config import CurateConfig, ImagesConfig
-from copyguard.curation.union_find import connected_components
 from copyguard.curation.index import IndexEntry, TrainingIndex
 from copyguard.curation.index_shards import ShardedIndex, load_centroids, write_shard, write_sharded_info
 from copyguard.curation.partitions import (
@@ -23,6 +22,7 @@ from copyguard.curation.partitions import (
     train_centroids,
 )
 from copyguard.curation.policy import decide, summarize
+from copyguard.curation.union_find import connected_components
 
 INFO = {"name": "fake-sscd", "dim": 32, "input_size": 320, "preprocessing": {}}
 
