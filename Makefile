@@ -35,11 +35,11 @@ $(STAMP): pyproject.toml setup.py Makefile
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The shard-reader fuzz test with a long profile (the default suite runs 60 seeded examples).
+# The fuzz tests (shard reader, prompt-file readers) with a long profile (the default suite runs 60 seeded examples each).
 COPYGUARD_FUZZ_EXAMPLES ?= 5000
 .PHONY: fuzz
 fuzz: install
-	COPYGUARD_FUZZ_EXAMPLES=$(COPYGUARD_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_shards.py
+	COPYGUARD_FUZZ_EXAMPLES=$(COPYGUARD_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_shards.py tests/test_fuzz_prompts.py
 
 # Mutation testing (mutmut 3) of the algorithm modules, each with its fast tests (tests/mutate.py; results in
 # build/mutate/summary.json, survivors reviewed in docs/testing.md). MUTATE_MODULES=magnitude policy for some.

@@ -14,10 +14,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from copyguard.common.errors import UsageError
+from copyguard.curation.config import CurateConfig
 from copyguard.curation.records import Rejection, RejectReason, Sample
 from copyguard.curation.shards import read_shard, shard_key
 
-__all__ = ["BeamFileOps", "ReadShards", "match_inputs", "REJECTED"]
+__all__ = ["BeamFileOps", "ReadShards", "io_limits", "match_inputs", "REJECTED"]
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +117,13 @@ class ReadShards(beam.PTransform):
             | "SpreadShards" >> beam.Reshuffle()
             | "ReadTar" >> beam.ParDo(read).with_outputs(REJECTED, main="samples")
         )
+
+
+def io_limits(cfg: CurateConfig) -> dict[str, int]:
+    """The reader's size caps from ``curate.io`` (member, caption and metadata bytes)."""
+    io = cfg.io
+    return {
+        "max_member_bytes": io.max_member_bytes,
+        "max_caption_bytes": io.max_caption_bytes,
+        "max_metadata_bytes": io.max_metadata_bytes,
+    }

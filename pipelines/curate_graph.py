@@ -14,7 +14,7 @@ import apache_beam as beam
 from copyguard.curation.config import CurateConfig
 from copyguard.curation.embedders import embedder_info, load_embedder
 from copyguard.pipelines.beam_connected_components import ConnectedComponents
-from copyguard.pipelines.beam_io import BeamFileOps, ReadShards
+from copyguard.pipelines.beam_io import BeamFileOps, ReadShards, io_limits
 from copyguard.pipelines.curate_steps import (
     ENTRIES,
     SINGLE,
@@ -73,7 +73,11 @@ def build_curation_graph(
         load_embedder(cfg.images.embedder, path=cfg.images.embedder_path, input_size=cfg.images.input_size)
     )
     shard_index = {path: i for i, path in enumerate(inputs)}
-    read = p | "InputShards" >> beam.Create(inputs) | "ReadShards" >> ReadShards(cfg.io.max_pixels)
+    read = (
+        p
+        | "InputShards" >> beam.Create(inputs)
+        | "ReadShards" >> ReadShards(cfg.io.max_pixels, **io_limits(cfg))
+    )
     lights = read.samples | "EmbedImages" >> EmbedImages(cfg)
     stages = curate_lights(p, lights, output, cfg, embedder, reference, exclude_keys)
     rows, summary, index_info = stages["rows"], stages["summary"], stages["index_info"]

@@ -38,7 +38,7 @@ from copyguard.curation.index_shards import read_shard as read_index_shard
 from copyguard.curation.manifest import rejection_row, write_manifest
 from copyguard.curation.records import Sample
 from copyguard.curation.shards import ShardWriter, read_shard
-from copyguard.pipelines.beam_io import BeamFileOps
+from copyguard.pipelines.beam_io import BeamFileOps, io_limits
 
 __all__ = [
     "ENTRIES",
@@ -249,7 +249,7 @@ class WriteShardOutputs(beam.DoFn):
             )
             written: set[str] = set()
             with fs.open(shard) as stream, writer:
-                for record in read_shard(stream, shard, self.cfg.io.max_pixels):
+                for record in read_shard(stream, shard, self.cfg.io.max_pixels, **io_limits(self.cfg)):
                     if not isinstance(record, Sample) or record.key in written:
                         continue
                     if record.key in kept:

@@ -264,3 +264,23 @@ def test_curate_exclude_keys_flag_reaches_the_job(tmp_path: Path, monkeypatch, c
     missing = tmp_path / "nope.txt"
     assert main(["curate", "--input", str(shard), "--output", str(out), "--exclude-keys", str(missing)]) == 2
     _one_line_error(capsys, "--exclude-keys", "no such file")
+
+
+def test_train_model_without_its_subfolders_fails_fast_and_offline(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A ``model_index.json`` whose component folders are missing: one line, exit 2, no network, no retries."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("copyguard tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    code = main(
+        ["train", "--model", str(model), "--data", str(tmp_path / "*.tar"), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2
+    _one_line_error(capsys, "without", "unet")

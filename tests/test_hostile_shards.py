@@ -256,6 +256,10 @@ def test_trainer_survives_the_hostile_shard(hostile: Path) -> None:
     assert sorted(batch.keys) == sorted(["good0", LONG_KEY.rsplit("/", 1)[-1], "rep", "extra", "good1"])
     assert batch.skipped == {"non_utf8_name": 1, "duplicate_key": 1, "unsupported_image_format": 1, "corrupt_image": 1,
                              "caption_too_long": 1}  # fmt: skip
+    # train.data's caps reach the stream: with a 16-byte caption cap the longer captions are skipped too.
+    tight = DataConfig(shuffle_buffer=0, caption_dropout=0, max_caption_bytes=16)
+    (batch,) = islice(iter(make_loader([str(hostile)], tight, 16, 5, 0)), 1)
+    assert batch.skipped["caption_too_long"] > 1
 
 
 def test_curation_job_on_the_hostile_shard_accounts_for_everything(hostile: Path, tmp_path: Path) -> None:
@@ -274,3 +278,18 @@ def test_curation_job_on_the_hostile_shard_accounts_for_everything(hostile: Path
     }
     written = {r.key for r in iter_samples(str(out / "shards" / "*.tar"))}
     assert LONG_KEY in written
+
+
+def test_curate_io_config_caps_reach_the_job_reader(tmp_path: Path) -> None:
+    """``--set curate.io.max_caption_bytes=N`` is the cap the job's reader applies (not only the default)."""
+    path = hostile_tar(
+        tmp_path / "s.tar",
+        [("a.jpg", GOOD), ("a.txt", b"x" * 40), ("b.jpg", GOOD), ("b.txt", b"short")],
+    )
+    out = tmp_path / "out"
+    argv = ["--input", str(path), "--output", str(out), "--set", "curate.io.max_caption_bytes=32"]
+    report = run(argv, test_pipeline=BeamTestPipeline(runner=FnApiRunner()))
+    assert report["invariant_holds"]
+    rows = read_manifest(sorted(str(p) for p in (out / "manifest").glob("*.parquet")))
+    assert {(r["key"], r["status"], r["reason"]) for r in rows} >= {("a", "rejected", "caption_too_long")}
+    assert {r["key"] for r in rows if r["status"] != "rejected"} == {"b"}

@@ -35,6 +35,9 @@ class DataConfig(StrictModel):
     shuffle_buffer: int = Field(256, ge=0, description="samples in the shuffle buffer (0: no shuffle)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")
+    max_member_bytes: int = Field(64 << 20, ge=1024, description="larger tar members are skipped unread")
+    max_caption_bytes: int = Field(8 << 10, ge=16, description="longer captions are skipped unread")
+    max_metadata_bytes: int = Field(1 << 20, ge=16, description="larger .json members are skipped unread")
 
 
 class LoraConfig(StrictModel):

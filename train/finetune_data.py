@@ -108,7 +108,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Every record of every shard in ``sources``; images are checked from their header only here,
         since :meth:`_decode` decodes them anyway."""
         for source in sources:
-            yield from read_shard_file(source["url"], self.spec.max_pixels, verify_images=False)
+            yield from read_shard_file(
+                source["url"],
+                self.spec.max_pixels,
+                verify_images=False,
+                max_member_bytes=self.spec.max_member_bytes,
+                max_caption_bytes=self.spec.max_caption_bytes,
+                max_metadata_bytes=self.spec.max_metadata_bytes,
+            )
 
     def _epoch(self, epoch: int) -> Iterator[Sample | Rejection]:
         urls = list(self.paths)

@@ -60,10 +60,10 @@ class EvalPrompt:
 
 
 def load_pipeline(model_dir: str | Path, device: torch.device) -> Any:
-    """``StableDiffusionPipeline.from_pretrained`` with no extra arguments, DDIM, quiet progress."""
+    """``StableDiffusionPipeline.from_pretrained`` (local files only), DDIM, quiet progress."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir))
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
