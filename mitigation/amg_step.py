@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -20,9 +20,6 @@ from copyguard.common.errors import UsageError
 from copyguard.curation.index import TrainingIndex
 from copyguard.mitigation import guidance as G
 from copyguard.mitigation.config import AMGConfig
-
-if TYPE_CHECKING:
-    from copyguard.mitigation.pipeline_amg import StableDiffusionAMGPipeline
 
 __all__ = ["AMGRun", "AMGTrace"]
 
@@ -77,7 +74,7 @@ class AMGRun:
 
     def __init__(
         self,
-        pipe: StableDiffusionAMGPipeline,
+        pipe: Any,  # the StableDiffusionAMGPipeline running this call
         cfg: AMGConfig,
         similarity: Callable[[torch.Tensor], G.SigmaResult],
         index: TrainingIndex | None,
