@@ -12,7 +12,8 @@ Public API:
 - captions (MinHash LSH): ``minhash_signature``, ``minhash_signatures``, ``caption_groups``;
 - images (SSCD + FAISS): ``load_embedder``, ``cluster_embeddings``, ``connected_components``;
 - decisions and outputs: ``decide``, ``Decision``, ``read_manifest``, ``write_manifest``;
-- the training-set index: ``TrainingIndex``, ``IndexEntry``, ``NearestResult``;
+- the training-set index: ``load_index`` (opens any index), ``TrainingIndex``, ``ShardedIndex``,
+  ``IndexEntry``, ``NearestResult``;
 - scoring a curation against a ground truth: ``evaluate_manifest``.
 """
 
@@ -31,6 +32,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     policy: decide Decision
     manifest: read_manifest write_manifest
     index: TrainingIndex IndexEntry NearestResult
+    index_shards: ShardedIndex load_index
     evaluate: evaluate_manifest
 """,
 )

@@ -217,8 +217,9 @@ class TrainingIndex:
     def load(cls, directory: str, fs: FileOps | None = None) -> TrainingIndex:
         """Read an index written by :meth:`save`; checks format, version, checksums and counts.
 
-        A sharded index (the curation job's ``OUT/index``: one index per partition) loads as a
-        :class:`~copyguard.curation.index_shards.ShardedIndex`, which answers the same queries."""
+        The curation job's ``OUT/index`` is sharded (one index per partition): open it, or any index, with
+        :func:`copyguard.curation.load_index`, which returns a
+        :class:`~copyguard.curation.index_shards.ShardedIndex` answering the same queries."""
         fs = fs or LocalFileOps()
         check_run_finished(directory, fs)  # OUT/index of a killed or failed curation run: refused
         info_path = fs.join(directory, INFO_FILE)
@@ -229,9 +230,10 @@ class TrainingIndex:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"training index {info_path} is corrupt: {exc}") from None
         if isinstance(info, dict) and info.get("format") == SHARDED_FORMAT:
-            from copyguard.curation.index_shards import ShardedIndex
-
-            return ShardedIndex.load(directory, fs=fs)  # the curation job's layout: one shard per partition
+            raise UsageError(
+                f"{directory} is a sharded training index (the curate job's OUT/index): open it with "
+                "copyguard.curation.load_index(path)"
+            )
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise UsageError(f"{info_path} is not a copyguard training index")
         version = info.get("format_version")

@@ -50,6 +50,7 @@ __all__ = [
     "CENTROIDS_FILE",
     "ShardedIndex",
     "load_background",
+    "load_index",
     "load_centroids",
     "read_shard",
     "shard_name",
@@ -363,3 +364,23 @@ class ShardedIndex:
 
     def check_compatible(self, embedder: Any, strict: bool = True) -> None:
         TrainingIndex.check_compatible(self, embedder, strict)  # type: ignore[arg-type]  # reads _info only
+
+
+def load_index(
+    directory: str, fs: FileOps | None = None, nprobe: int | None = None, max_open: int = 16
+) -> TrainingIndex | ShardedIndex:
+    """Open any training index: the curate job's sharded ``OUT/index`` as a :class:`ShardedIndex` (``nprobe``
+    and ``max_open`` as in :meth:`ShardedIndex.load`), an index written by :meth:`TrainingIndex.save` as a
+    :class:`~copyguard.curation.index.TrainingIndex`. Both answer ``nearest``, ``entry``, ``reconstruct``
+    and ``duplicated_caption``. An unfinished curation run's index is refused."""
+    fs = fs or LocalFileOps()
+    check_run_finished(directory, fs)
+    info_path = fs.join(directory, INFO_FILE)
+    if fs.exists(info_path):
+        try:
+            sharded = json.loads(_read(fs, info_path).decode("utf-8")).get("format") == SHARDED_FORMAT
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            sharded = False  # TrainingIndex.load reports the corruption
+        if sharded:
+            return ShardedIndex.load(directory, fs=fs, nprobe=nprobe, max_open=max_open)
+    return TrainingIndex.load(directory, fs=fs)

@@ -29,6 +29,7 @@ from typing import Any
 from copyguard.common.errors import UsageError
 from copyguard.common.fileops import expand_paths
 from copyguard.curation.index import TrainingIndex
+from copyguard.curation.index_shards import load_index
 from copyguard.mitigation.audit_facts import gate_details, run_facts, top_similar
 from copyguard.mitigation.audit_gate import (
     GateResult,
@@ -199,7 +200,7 @@ def run_audit(
         shards = str(Path(index).parent / "shards" / "*.tar")
         if train_images is None and expand_paths(shards):  # the curate job's OUT/shards next to OUT/index
             train_images = shards
-        index = TrainingIndex.load(str(index))
+        index = load_index(str(index))
     pipe = _load_pipeline(model, device, lora)
     identity = {  # part of the resume fingerprint (all but real_images) and shown in the report
         "model": _path(model) or getattr(pipe, "name_or_path", None) or type(pipe).__name__,

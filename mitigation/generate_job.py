@@ -147,9 +147,9 @@ def run_generate(
     if config.mitigation == "amg" and index is None:
         raise UsageError("mitigation 'amg' needs the training-set index (--index OUT/index)")
     if isinstance(index, str | Path):
-        from copyguard.curation.index import TrainingIndex
+        from copyguard.curation.index_shards import load_index
 
-        index = TrainingIndex.load(str(index))
+        index = load_index(str(index))
     pipe = _load(model, device)
     if refs:
         _calibrate(pipe, config, refs)

@@ -106,7 +106,7 @@ class StableDiffusionAMGPipeline(StableDiffusionPipeline):
             if index is None:
                 raise UsageError(
                     "AMG with sigma_mode=sscd needs the training-set index: "
-                    "index=TrainingIndex.load('OUT/index') (written by the curate job)"
+                    "index=copyguard.curation.load_index('OUT/index') (written by the curate job)"
                 )
             emb = self._resolve_embedder(cfg, index, embedder)
             info = {

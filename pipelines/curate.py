@@ -11,7 +11,7 @@ index) and ``report.json`` / ``report.html``. See :mod:`copyguard.pipelines.tran
 Interrupted runs: ``OUT/_INCOMPLETE`` is written before any output and replaced by ``OUT/_SUCCESS`` (a small
 JSON: finish time and counts) as the very last step. An OUT holding ``_INCOMPLETE`` is refused unless
 ``--resume`` (which clears the partial outputs and runs the job again: the outputs are deterministic, so the
-result equals an uninterrupted run) or ``--overwrite``; ``TrainingIndex.load`` refuses its ``index/``.
+result equals an uninterrupted run) or ``--overwrite``; ``load_index`` refuses its ``index/``.
 ``--resume`` on a finished OUT does nothing.
 """
 
@@ -35,7 +35,7 @@ from copyguard.common.outputs import check_output_dir
 from copyguard.curation.config import CurateConfig
 from copyguard.curation.index_format import INCOMPLETE_MARKER, SUCCESS_MARKER
 from copyguard.pipelines.beam_io import BeamFileOps, match_inputs
-from copyguard.pipelines.cmd_curate import add_arguments, check_beam_options, job_arguments
+from copyguard.pipelines.curate_args import add_arguments, check_beam_options, job_arguments
 
 # The job's graph (partitioned image search, components, policy per component, sharded index), in its
 # own module: build_pipeline(p, inputs, output, cfg, reference=None, exclude_keys=None).

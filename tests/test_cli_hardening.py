@@ -69,7 +69,7 @@ def test_curate_bad_beam_value_is_one_line(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_curate_run_argv_rejects_typos_and_passes_real_beam_options(tmp_path: Path) -> None:
-    from copyguard.pipelines.cmd_curate import check_beam_options
+    from copyguard.pipelines.curate_args import check_beam_options
     from copyguard.pipelines.curate import run
 
     with pytest.raises(UsageError, match="did you mean --reference"):

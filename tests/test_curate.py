@@ -13,8 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from copyguard.curation.config import CurateConfig, MinHashConfig
-from copyguard.curation.index import TrainingIndex
-from copyguard.curation.index_shards import ShardedIndex
+from copyguard.curation.index_shards import ShardedIndex, load_index
 from copyguard.curation.manifest import read_manifest
 from copyguard.curation.shards import iter_samples
 from copyguard.curation.union_find import connected_components
@@ -142,7 +141,7 @@ def test_cleaned_shards_hold_exactly_the_kept_samples(job: dict) -> None:
 
 
 def test_training_index_covers_kept_images(job: dict) -> None:
-    index = TrainingIndex.load(str(job["out"] / "index"))
+    index = load_index(str(job["out"] / "index"))
     kept = sorted(r["key"] for r in job["rows"] if r["status"] == "kept")
     assert isinstance(index, ShardedIndex) and index.partitions == 1  # 10 images: one partition
     assert index.keys == kept
@@ -171,7 +170,7 @@ def test_partitioned_search_gives_the_single_partition_result(job: dict) -> None
         test_pipeline=_pipeline(),
     )
     assert _rows(out) == job["rows"]
-    parts, one = TrainingIndex.load(str(out / "index")), TrainingIndex.load(str(job["out"] / "index"))
+    parts, one = load_index(str(out / "index")), load_index(str(job["out"] / "index"))
     assert parts.partitions == 4 and sorted(parts.keys) == one.keys
     queries = one.vectors()
     got, want = parts.nearest(queries, k=2), one.nearest(queries, k=2)
@@ -213,8 +212,8 @@ def test_incremental_run_against_a_reference(job: dict) -> None:
     assert rows["n0"]["reason"] == "image_and_caption_duplicate" and rows["n0"]["image_group"] == "a0"
     assert rows["n1"]["status"] == "kept"
     assert report["inputs"] == 2 and report["summary"]["reference_entries"] == 10
-    index = TrainingIndex.load(str(out / "index"))
-    first = TrainingIndex.load(str(job["out"] / "index"))
+    index = load_index(str(out / "index"))
+    first = load_index(str(job["out"] / "index"))
     assert set(index.keys) == set(first.keys) | {"n1"}
     # The reference entry stands for one more input now, and its caption is duplicated over its copies.
     before, after = first.entry("a0"), index.entry("a0")
@@ -251,7 +250,7 @@ def test_template_cap_counts_the_reference_samples(tmp_path: Path) -> None:
     rows = {r["key"]: r for r in _rows(tmp_path / "o2")}
     # Six image groups now share the caption; the cap of 3 is already held by the reference run's three.
     assert {k: r["reason"] for k, r in rows.items()} == {f"s{i}": "templated_caption_cap" for i in range(3)}
-    index = TrainingIndex.load(str(tmp_path / "o2" / "index"))
+    index = load_index(str(tmp_path / "o2" / "index"))
     assert sorted(index.keys) == ["t0", "t1", "t2"]
     assert index.entry("t0").caption_group_size == 6
 
@@ -264,7 +263,7 @@ def test_exclude_keys_drop_samples_their_groups_and_reference_entries(job: dict)
     rows = {r["key"]: r for r in _rows(out)}
     assert rows["n0"]["reason"] == "excluded_key" and rows["n0"]["status"] == "duplicate"
     assert rows["n1"]["status"] == "kept"
-    index = TrainingIndex.load(str(out / "index"))
+    index = load_index(str(out / "index"))
     # c0 (a kept reference entry) is named: it leaves the index; a0 is n0's image group: it leaves too.
     assert "c0" not in index.keys and "a0" not in index.keys and "c1" in index.keys
     assert report["summary"]["reference_excluded"] == 2

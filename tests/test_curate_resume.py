@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from copyguard.common.errors import UsageError
-from copyguard.curation.index import TrainingIndex
+from copyguard.curation.index_shards import load_index
 from copyguard.pipelines.cli import main
 from tests.curate_fixtures import build_inputs
 
@@ -87,20 +87,20 @@ def test_a_finished_run_writes_success_last_and_its_index_loads(clean: dict) -> 
     report = json.loads((out / "report.json").read_text())
     assert marker["inputs"] == report["inputs"] and marker["by_status"] == report["by_status"]
     assert (out / "_SUCCESS").stat().st_mtime_ns >= (out / "report.json").stat().st_mtime_ns
-    assert len(TrainingIndex.load(str(out / "index"))) == report["by_status"]["kept"]
+    assert len(load_index(str(out / "index"))) == report["by_status"]["kept"]
 
 
 def test_load_refuses_the_index_of_an_unfinished_run(clean: dict) -> None:
     out = _unfinished_copy(clean, "unfinished_load")
     for directory in (str(out / "index"), str(out / "index") + "/"):
         with pytest.raises(UsageError) as err:
-            TrainingIndex.load(directory)
+            load_index(directory)
         message = str(err.value)
         assert "\n" not in message and "unfinished curation run" in message and "--resume" in message
     # A saved index with no curation markers around it keeps loading.
     elsewhere = clean["root"] / "standalone"
     shutil.copytree(clean["out"] / "index", elsewhere)
-    assert len(TrainingIndex.load(str(elsewhere))) == len(TrainingIndex.load(str(clean["out"] / "index")))
+    assert len(load_index(str(elsewhere))) == len(load_index(str(clean["out"] / "index")))
 
 
 def test_rerun_on_an_unfinished_output_without_resume_is_refused(
@@ -148,7 +148,7 @@ def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(clean
         assert (out / "_INCOMPLETE").exists() or (out / "_SUCCESS").exists(), context
         if (out / "_INCOMPLETE").exists() and (out / "index" / "index.json").exists():
             with pytest.raises(UsageError):
-                TrainingIndex.load(str(out / "index"))
+                load_index(str(out / "index"))
     resumed = _start([*argv, "--resume"])
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, f"{context}: {stderr[-2000:]}"

@@ -13,7 +13,13 @@ from copyguard.curation.clustering import cluster_embeddings, similarity_edges
 from copyguard.curation.component_policy import Member, decide_component, empty_summary, merge_summaries
 from copyguard.curation.config import CurateConfig, ImagesConfig
 from copyguard.curation.index import IndexEntry, TrainingIndex
-from copyguard.curation.index_shards import ShardedIndex, load_centroids, write_shard, write_sharded_info
+from copyguard.curation.index_shards import (
+    ShardedIndex,
+    load_centroids,
+    load_index,
+    write_shard,
+    write_sharded_info,
+)
 from copyguard.curation.partitions import (
     assign,
     n_partitions,
@@ -183,8 +189,11 @@ def _shards(tmp_path: Path, n: int = 90, k: int = 3) -> tuple[np.ndarray, list[I
 def test_sharded_index_answers_as_one_flat_index(tmp_path: Path) -> None:
     x, entries, directory = _shards(tmp_path)
     flat = TrainingIndex.build(x, entries, INFO)
-    sharded = TrainingIndex.load(directory)
+    sharded = load_index(directory)
     assert isinstance(sharded, ShardedIndex) and len(sharded) == 90 and sharded.partitions == 3
+    assert isinstance(load_index(str(tmp_path / "part-00000")), TrainingIndex)  # an unsharded index: as it is
+    with pytest.raises(UsageError, match="load_index"):  # the single-index reader points to the loader
+        TrainingIndex.load(directory)
     assert sorted(sharded.keys) == flat.keys and sharded.minhash is None
     q = x[:20] + 0.05
     got, want = sharded.nearest(q, k=5), flat.nearest(q, k=5)
@@ -217,4 +226,4 @@ def test_sharded_index_checks_its_files(tmp_path: Path) -> None:
         index.shard(1)
     (tmp_path / "centroids.npy").write_bytes(b"junk")
     with pytest.raises(UsageError, match="checksum"):
-        TrainingIndex.load(directory)
+        load_index(directory)

@@ -31,7 +31,7 @@ def load_evidence_setup(
     Raises :class:`UsageError` when ``data`` is not the model's training set (other held-out keys, or other
     duplicated groups than the model's own measurement used).
     """
-    from copyguard.curation.index import TrainingIndex
+    from copyguard.curation.index_shards import load_index
     from copyguard.mitigation.pipeline_amg import StableDiffusionAMGPipeline
     from copyguard.mitigation.sd_loader import load_sd_pipeline
     from copyguard.pipelines.lab.data import load_lab_data
@@ -57,7 +57,7 @@ def load_evidence_setup(
             "lab_training.json / memorization.json "
             "(regenerate it with `copyguard sample-data` at the model's preset and seed)"
         )
-    return pipe, lab, TrainingIndex.load(str(index_dir)), info
+    return pipe, lab, load_index(str(index_dir)), info
 
 
 def evidence_prompts(

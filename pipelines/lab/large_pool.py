@@ -2,7 +2,7 @@
 
 Neighbouring regions of one texture-like photo (grass, gravel, brick, a star field) are SSCD copies of each
 other (cosine up to 0.9 at 224 px), so a plain grid would plant false "distinct" pairs. ``select`` embeds
-every :data:`~copyguard.pipelines.lab.sample_hard.LARGE_TILE` px grid tile at 224 px with SSCD (Pizzi et
+every :data:`LARGE_TILE` px grid tile at 224 px with SSCD (Pizzi et
 al., CVPR 2022) and keeps a greedy maximum independent set of the graph "cosine >= 0.5", the rule of the
 64 px pool (``image_pool.py``). The result ships as ``assets/large_pool.json``; rebuild it with
 
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from copyguard.pipelines.lab.sample_images import Tile, encode_jpeg, render_tile
+from copyguard.pipelines.lab.sample_images import PHOTO_NAMES, Tile, encode_jpeg, grid_tiles, render_tile
 
-__all__ = ["DISTINCT_MAX_COSINE", "RENDER_SIZE", "load_large_pool", "select"]
+__all__ = ["DISTINCT_MAX_COSINE", "LARGE_TILE", "RENDER_SIZE", "large_tiles", "load_large_pool", "select"]
 
 DISTINCT_MAX_COSINE = 0.5
 RENDER_SIZE = 224
+LARGE_TILE = 96  # photo pixels per side of a large base image (rendered at large_image_size)
 _PATH = Path(__file__).parent / "assets" / "large_pool.json"
 
 
@@ -32,11 +33,15 @@ def load_large_pool() -> list[Tile]:
     return [Tile.from_json(row) for row in json.loads(text)["tiles"]]
 
 
+def large_tiles() -> list[Tile]:
+    """Disjoint :data:`LARGE_TILE` px grid tiles of every photo (near-uniform ones skipped)."""
+    return [t for name in PHOTO_NAMES for t in grid_tiles(name, LARGE_TILE, min_std=12.0)]
+
+
 def select(path: Path = _PATH) -> dict:
     """Embed every large grid tile, keep an independent set of the 'copies' graph, write ``path``."""
     from copyguard.curation.embedders import embedder_info, load_embedder
     from copyguard.pipelines.lab.image_pool import min_degree_independent_set
-    from copyguard.pipelines.lab.sample_hard import large_tiles
 
     tiles = large_tiles()
     embedder = load_embedder("sscd-onnx")

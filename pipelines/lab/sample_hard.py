@@ -26,21 +26,18 @@ import numpy as np
 from copyguard.common.errors import UsageError
 from copyguard.pipelines.lab.caption_pairs import caption_pair_set
 from copyguard.pipelines.lab.hard_edits import EDIT_FAMILIES, apply_edit
-from copyguard.pipelines.lab.large_pool import load_large_pool
+from copyguard.pipelines.lab.large_pool import LARGE_TILE, load_large_pool
 from copyguard.pipelines.lab.sample_images import (
-    PHOTO_NAMES,
     Tile,
     decode,
     encode_jpeg,
-    grid_tiles,
     load_image_pool,
     render_tile,
 )
 
-__all__ = ["HARD_IMAGE_KINDS", "LARGE_TILE", "hard_caption_kinds", "large_tiles", "plant_hard"]
+__all__ = ["HARD_IMAGE_KINDS", "hard_caption_kinds", "plant_hard"]
 
 HARD_IMAGE_KINDS = tuple(f"image_{family}" for family in EDIT_FAMILIES)
-LARGE_TILE = 96  # photo pixels per side of a large base image (rendered at large_image_size)
 _HALF_SEED = 20240613  # fixes which tiles fall in which half, whatever the build seed
 
 
@@ -49,11 +46,6 @@ def hard_caption_kinds() -> tuple[str, ...]:
     from copyguard.pipelines.lab.caption_pairs import MERGE_EDITS, SPLIT_EDITS
 
     return (*(f"caption_merge_{e}" for e in MERGE_EDITS), *(f"caption_split_{e}" for e in SPLIT_EDITS))
-
-
-def large_tiles() -> list[Tile]:
-    """Disjoint :data:`LARGE_TILE` px grid tiles of every photo (near-uniform ones skipped)."""
-    return [t for name in PHOTO_NAMES for t in grid_tiles(name, LARGE_TILE, min_std=12.0)]
 
 
 def _half(tiles: list[Any], seed: int) -> list[Any]:
