@@ -10,12 +10,12 @@ Embeddings are L2-normalized float32 rows, so cosine = inner product.
   (a ~ b ~ c ~ ... with distant end points) do not collapse into one giant group.
 
 Default threshold (``images.threshold`` = 0.75): SSCD's own calibration, copies at cosine > 0.75 with ~90%
-precision on DISC2021 (§9); 0.5 (the memorization papers' "memorized") is a detection level, too loose for
-deleting training data. Measured on ``sample-data --preset small`` (64 px photo tiles, seeds 0 and 1): planted
-re-encodes, resizes, crops and colour shifts score 0.6-1.0 with their original, but distinct tiles of one
-texture-like photo (brick, hubble, rocket) reach 0.87, so a lower threshold mostly adds false merges
-(pairwise F1 0.87 at 0.70, 0.965 at 0.75, 0.98 at 0.78); on full-size real photos (scikit-image) unrelated
-images stay below 0.3 and most edits above 0.75.
+precision on DISC2021 (Pizzi et al., CVPR 2022); 0.5 (the memorization papers' "memorized") is a
+detection level, too loose for deleting training data. Measured on ``sample-data --preset small`` (64 px
+photo tiles, seeds 0 and 1): planted re-encodes, resizes, crops and colour shifts score 0.6-1.0 with their
+original, but distinct tiles of one texture-like photo (brick, hubble, rocket) reach 0.87, so a lower
+threshold mostly adds false merges (pairwise F1 0.87 at 0.70, 0.965 at 0.75, 0.98 at 0.78); on full-size
+real photos (scikit-image) unrelated images stay below 0.3 and most edits above 0.75.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def cluster_components(
 ) -> np.ndarray:
     """Group ``n`` items around representatives; returns int64 labels, the smallest index of each group.
 
-    Chaining protection (§11, "cluster around representatives" plus "a stricter threshold to join"):
+    Chaining protection (cluster around representatives, with a stricter threshold to join):
 
     1. Keep edges with ``sim >= cfg.threshold``.
     2. Visit nodes by degree (descending), then summed similarity (descending, rounded to 1e-4), then

@@ -3,8 +3,8 @@
 An :class:`ImageEmbedder` maps uint8 HWC RGB arrays of any size to float32 ``[N, dim]`` L2-normalized rows,
 so the cosine of two images is the dot product of their rows. Every embedder first trims uniform border
 bars (padding, letterbox bars: :func:`copyguard.curation.images.trim_uniform_border`; ``trim_borders``),
-then resizes each image to ``input_size`` x ``input_size`` (PIL bicubic, antialiased when shrinking; the aspect ratio is not
-kept: SSCD's "320x320, batches better" option of §9), then runs its model.
+then resizes each image to ``input_size`` x ``input_size`` (PIL bicubic, antialiased when shrinking; the
+aspect ratio is not kept: SSCD's fixed 320x320 option, which batches better), then runs its model.
 
 Kinds (:func:`load_embedder`):
 
@@ -20,8 +20,8 @@ Kinds (:func:`load_embedder`):
 ONNX sessions and TorchScript modules are created lazily and dropped when pickled (Beam workers unpickle
 the embedder and rebuild the model on first use). ``onnxruntime`` and ``torch`` are imported only when a
 model is built, so importing this module is cheap. The model files are used from where the dependency
-installed them, never copied. A differentiable torch SSCD for AMG's G_sim (§6.1) can subclass
-:class:`BaseEmbedder` and implement ``_forward``.
+installed them, never copied. A differentiable torch SSCD for AMG's G_sim (Chen et al.,
+CVPR 2024, eq. 17) can subclass :class:`BaseEmbedder` and implement ``_forward``.
 """
 
 from __future__ import annotations
@@ -274,8 +274,9 @@ class OnnxEmbedder(BaseEmbedder):
 class TorchScriptEmbedder(BaseEmbedder):
     """Meta's official SSCD TorchScript file (or any module mapping float NCHW to ``[N, D]``).
 
-    Preprocessing per §9: resize to ``input_size`` x ``input_size``, scale to [0, 1], ImageNet mean/std,
-    float32 NCHW. ``threads`` (optional) calls ``torch.set_num_threads``, which is process-wide.
+    Preprocessing as in Pizzi et al., CVPR 2022: resize to ``input_size`` x ``input_size``, scale to [0, 1],
+    ImageNet mean/std, float32 NCHW. ``threads`` (optional) calls ``torch.set_num_threads``, which is
+    process-wide.
     """
 
     def __init__(

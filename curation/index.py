@@ -1,9 +1,10 @@
-"""The training-set index: FAISS over the SSCD embeddings of the kept training images (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023).
+"""The training-set index: FAISS over the SSCD embeddings of the kept training images.
 
 The curation job writes ``OUT/index/``; mitigation (AMG's nearest training image n_0 and duplicated caption
-y_N, §6.1-6.2) and the audit (memorization metrics, §7) read it back. Row ``i`` of the FAISS index is row
-``i`` of the entries (no ID map); rows are sorted by key, so the same kept samples give the same bytes
-whatever order a Beam runner delivered them in.
+y_N, Chen et al., CVPR 2024) and the audit (memorization metrics of Chen et al., CVPR 2024 and Somepalli et
+al., NeurIPS 2023) read it back. Row ``i`` of the FAISS index is row ``i`` of the entries (no ID map); rows
+are sorted by key, so the same kept samples give the same bytes whatever order a Beam runner delivered them
+in.
 
 Files (all written atomically; ``index.json`` last, listing the others with their SHA-256)::
 
@@ -21,15 +22,16 @@ API::
     idx.save(directory, fs=None);  idx = TrainingIndex.load(directory, fs=None)
     idx.check_compatible(embedder)                 # UsageError when the query embedder differs
     res = idx.nearest(queries, k=1)                # NearestResult(keys, similarities, indices, caption_groups)
-    idx.duplicated_caption(key_or_row, min_count)  # y_N of §6.2, or None
+    idx.duplicated_caption(key_or_row, min_count)  # AMG's duplicated caption y_N, or None
     idx.embedding(key); idx.reconstruct(rows); idx.vectors(); idx.entry(key_or_row); idx.row(key)
     idx.merge(other)                               # union of two indexes (keys must not collide)
     len(idx); idx.keys; idx.captions; idx.minhash; idx.info
 
-``kind="flat"`` is exact and fine up to ~1e5-1e6 vectors (§11); ``kind="ivf"`` (IVF-Flat, ``nlist`` ~
-``nlist_factor * sqrt(N)``, trained on at most ``train_size`` sampled vectors) answers large indexes faster
-but approximately: a query sees only its ``nprobe`` nearest lists, so a true nearest neighbour in another
-list is missed. IVF bytes are deterministic for the same data, faiss version and thread count.
+``kind="flat"`` is exact and fine up to ~1e5-1e6 vectors (FAISS, Johnson et al., 2019); ``kind="ivf"``
+(IVF-Flat, ``nlist`` ~ ``nlist_factor * sqrt(N)``, trained on at most ``train_size`` sampled vectors)
+answers large indexes faster but approximately: a query sees only its ``nprobe`` nearest lists, so a true
+nearest neighbour in another list is missed. IVF bytes are deterministic for the same data, faiss version and
+thread count.
 """
 
 from __future__ import annotations
@@ -386,7 +388,7 @@ class TrainingIndex:
         return list(self._groups[self._cols["image_group"][self._resolve(key_or_row)]])
 
     def duplicated_caption(self, key_or_row: str | int, min_count: int = 2) -> str | None:
-        """y_N of §6.2 for training image ``key_or_row``: a caption duplicated among its near-duplicates.
+        """AMG's y_N for training image ``key_or_row``: a caption duplicated among its near-duplicates.
 
         Rule: (1) when curation recorded ``dup_caption_count`` for the row (exact: the most common caption
         group among all members of its image group, dropped ones included), the support is that count and the

@@ -77,8 +77,8 @@ class IndexEntry:
 
     Groups are curation's cluster ids (any string; empty means a singleton named by the key) and sizes count
     *all* input samples of the group, dropped ones included. ``dup_caption``/``dup_caption_count``, when the
-    curation job fills them, are the exact y_N candidate of §6.2: the most common caption group among all
-    members of this row's image group (one caption of it) and how many members carry it.
+    curation job fills them, are AMG's exact y_N candidate (Chen et al., CVPR 2024): the most common caption
+    group among all members of this row's image group (one caption of it) and how many members carry it.
     """
 
     key: str

@@ -358,7 +358,7 @@ class ShardedIndex:
         return out
 
     def duplicated_caption(self, key_or_row: str | int, min_count: int = 2) -> str | None:
-        """y_N of §6.2 (see :meth:`TrainingIndex.duplicated_caption`; curation always records the count)."""
+        """AMG's y_N (see :meth:`TrainingIndex.duplicated_caption`; curation always records the count)."""
         p, local = self._resolve(key_or_row)
         return self.shard(p).duplicated_caption(local, min_count)
 

@@ -35,7 +35,7 @@ class AMGTrace:
     """Per image: one entry per sampling step in every list (sigma NaN where it was not computed)."""
 
     prompt_index: int
-    magnitude: float | None = None  # first-step text-conditional magnitude (§2)
+    magnitude: float | None = None  # first-step text-conditional magnitude (Wen et al., ICLR 2024)
     flagged: bool = True  # passed the detection gate (always True when ungated)
     gated_out: bool = False  # the gate skipped this image entirely
     timesteps: list[int] = field(default_factory=list)
@@ -111,7 +111,7 @@ class AMGRun:
         return float((1 - w) * self.alphas_cumprod[lo] + w * self.alphas_cumprod[hi])
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """VAE-decode latents to float images in [0, 1] (the D of §6.1)."""
+        """VAE-decode latents to float images in [0, 1] (the decoder D of Chen et al., CVPR 2024)."""
         vae = self.pipe.vae
         z = x0 / vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None)

@@ -2,10 +2,10 @@
 
 For the prompt embedding ``e`` [77, D] and a batch of ``n`` latents ``x_t`` along the prompt's own CFG
 trajectory, ``L(e) = ||eps(x_t, e) - eps(x_t, e_0)||_2`` (averaged over the batch) and
-``significance_i = ||dL/de_i||_2``, averaged over the chosen steps (§3). ``e_i`` is the text encoder's output
-at token position ``i``. Only real tokens are reported (BOS, EOS and padding dropped).
+``significance_i = ||dL/de_i||_2``, averaged over the chosen steps (Wen et al., ICLR 2024). ``e_i`` is the
+text encoder's output at token position ``i``. Only real tokens are reported (BOS, EOS and padding dropped).
 
-Order pitfall (§3): the public code swaps the unconditional and text embeddings here, which anti-guides
+Order pitfall: Wen et al.'s public code swaps the unconditional and text embeddings here, which anti-guides
 the trajectory. This module goes through :func:`~copyguard.mitigation.magnitude.cfg_trajectory` and
 :func:`~copyguard.mitigation.magnitude.text_conditional_magnitude`, whose ``(uncond, cond)`` order and CFG
 formula are the ones sampling uses; gradients reach only the conditional half (``e_0`` is detached).
@@ -39,7 +39,7 @@ __all__ = [
 
 
 class TokenScore(NamedTuple):
-    """A real token of the prompt (as text) and its §3 significance."""
+    """A real token of the prompt (as text) and its attribution significance."""
 
     token: str
     score: float
@@ -51,7 +51,7 @@ def token_significance(
     cond_emb: torch.Tensor,
     uncond_emb: torch.Tensor,
 ) -> torch.Tensor:
-    """§3 significance [77] of every token position of ``cond_emb`` [1, 77, D].
+    """Token significance [77] of every token position of ``cond_emb`` [1, 77, D].
 
     ``steps`` holds ``(x_t, t)`` pairs, ``x_t`` [n, C, H, W] being the UNet inputs (already scaled) of n
     latents at timestep ``t``. Per step: ``L = mean_n ||eps(x_t, e) - eps(x_t, e_0)||_2`` and the L2 norm of
@@ -89,7 +89,7 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
 
 
 def token_attribution(pipe: Any, prompt: str, config: DetectConfig | None = None) -> list[TokenScore]:
-    """§3 scores of ``prompt``'s real tokens, in prompt order, as ``(token, score)`` pairs.
+    """Attribution scores of ``prompt``'s real tokens, in prompt order, as ``(token, score)`` pairs.
 
     The steps ``[start, end)``, the ``generations`` latents (seeds ``seed + j``), the trajectory length and
     CFG scale come from ``config`` (a :class:`DetectConfig`, default: first step, one latent), so the

@@ -1,7 +1,7 @@
 """The audit's reports: ``AUDIT_DIR/report.json`` (machine-readable) and a self-contained ``report.html``.
 
 ``report.json`` holds every prompt with its detection score, flag, token attributions, and per setting and
-seed the image path, nearest training key and similarity; the §7 metrics overall and per group; the
+seed the image path, nearest training key and similarity; the memorization metrics overall and per group; the
 detection threshold, counts and AUC; the gate's outcome (each condition measured vs its threshold);
 ``top_similar`` (the generations closest to the training set, flagged or not); ``run`` (version, model and
 index with their hash and size, configuration, date, machine); timings.
@@ -10,13 +10,13 @@ index with their hash and size, configuration, date, machine); timings.
 matplotlib (Agg) PNGs embedded the same way, the table sorting is a small inline script. Sections, worst
 case first: the gate's verdict and its conditions (failing first), the summary table shaped like
 Chen et al., CVPR 2024 (one row per setting), the most similar generations beside their nearest training
-images whatever the detector said, each flagged prompt with a token heat-strip (§3) and its generations
-without and with each mitigation, a sortable table of all prompts, detection, similarity, per group, and
-the run facts. Every piece of text from the inputs (prompts, tokens, keys, paths) is HTML-escaped; a
-missing value is ``-``. Rendering only: the ``metrics`` section comes from
+images whatever the detector said, each flagged prompt with a token heat-strip (Wen et al., ICLR 2024) and its
+generations without and with each mitigation, a sortable table of all prompts, detection, similarity, per
+group, and the run facts. Every piece of text from the inputs (prompts, tokens, keys, paths) is HTML-escaped;
+a missing value is ``-``. Rendering only: the ``metrics`` section comes from
 :func:`copyguard.mitigation.audit_metrics.compute_metrics`, the ``gate`` section from
-:mod:`copyguard.mitigation.audit_gate`, ``top_similar`` and ``run`` from :mod:`copyguard.mitigation.audit_facts`;
-the HTML pieces live in :mod:`copyguard.mitigation.audit_html`.
+:mod:`copyguard.mitigation.audit_gate`, ``top_similar`` and ``run`` from
+:mod:`copyguard.mitigation.audit_facts`; the HTML pieces live in :mod:`copyguard.mitigation.audit_html`.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _metric_table(rows: Mapping[str, Mapping[str, Any]], sscd: bool, extra: bool
 
 
 def _heat_strip(tokens: Sequence[Sequence[Any]]) -> str:
-    """Tokens in prompt order, shaded by their §3 significance (lowest pale, highest dark)."""
+    """Tokens in prompt order, shaded by their attribution significance (lowest pale, highest dark)."""
     if not tokens:
         return "<p class='muted'>no tokens</p>"
     values = [float(s) for _, s in tokens]

@@ -45,7 +45,8 @@ def _insert(words: list[str], word: str, rng: np.random.Generator) -> list[str]:
 def gaussian_noise_embedding(
     prompt_embeds: torch.Tensor, rng: np.random.Generator, scale: float = 0.1
 ) -> torch.Tensor:
-    """GNI (§8): ``prompt_embeds + scale * N(0, I)``, the noise drawn by numpy (device independent)."""
+    """GNI (Somepalli et al., NeurIPS 2023): ``prompt_embeds + scale * N(0, I)``, the noise drawn by numpy
+    (device independent)."""
     noise = rng.standard_normal(tuple(prompt_embeds.shape)).astype(np.float32)
     delta = torch.from_numpy(noise).to(device=prompt_embeds.device, dtype=torch.float32) * scale
     return (prompt_embeds.float() + delta).to(prompt_embeds.dtype)
@@ -64,7 +65,8 @@ def _vocab_word(tokenizer: Any, rng: np.random.Generator, specials: set[int]) ->
 
 
 def random_tokens(prompt: str, rng: np.random.Generator, tokenizer: Any, count: int = 4) -> str:
-    """RT (§8): ``count`` random vocabulary tokens, each inserted at a random word position."""
+    """RT (Somepalli et al., NeurIPS 2023): ``count`` random vocabulary tokens, each inserted at a random word
+    position."""
     specials = set(getattr(tokenizer, "all_special_ids", []))
     words = prompt.split()
     for _ in range(count):
@@ -73,7 +75,8 @@ def random_tokens(prompt: str, rng: np.random.Generator, tokenizer: Any, count: 
 
 
 def repeat_caption_words(prompt: str, rng: np.random.Generator, count: int = 4) -> str:
-    """CWR (§8): ``count`` times, a random caption word (original words only) repeated at a random position."""
+    """CWR (Somepalli et al., NeurIPS 2023): ``count`` times, a random caption word (original words only)
+    repeated at a random position."""
     words = prompt.split()
     if not words:
         return prompt
@@ -84,7 +87,8 @@ def repeat_caption_words(prompt: str, rng: np.random.Generator, count: int = 4) 
 
 
 def random_number_addition(prompt: str, rng: np.random.Generator, high: int = 100_000) -> str:
-    """RNA (§8): a random integer in ``[0, high)`` inserted at a random word position."""
+    """RNA (Somepalli et al., NeurIPS 2023): a random integer in ``[0, high)`` inserted at a random word
+    position."""
     return " ".join(_insert(prompt.split(), str(int(rng.integers(0, high))), rng))
 
 
@@ -104,9 +108,9 @@ def apply_baseline(
     tokenizer: Any = None,
     **params: Any,
 ) -> BaselineResult:
-    """One §8 baseline on one prompt. ``gni`` needs ``prompt_embeds`` (returned noisy); ``rt`` needs the
-    tokenizer; text baselines return ``prompt_embeds=None`` (encode the new prompt). ``params`` go to the
-    transform (``scale``, ``count``, ``high``)."""
+    """One mitigation baseline (Somepalli et al., NeurIPS 2023) on one prompt. ``gni`` needs ``prompt_embeds``
+    (returned noisy); ``rt`` needs the tokenizer; text baselines return ``prompt_embeds=None`` (encode the new
+    prompt). ``params`` go to the transform (``scale``, ``count``, ``high``)."""
     name = name.lower()
     if name == "gni":
         if prompt_embeds is None:

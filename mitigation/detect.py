@@ -1,6 +1,6 @@
 """Memorization detection by text-conditional magnitude (Wen et al., ICLR 2024), calibration and ROC metrics.
 
-A prompt's score is the mean of ``d_t`` (§2) over the steps ``[start, end)`` of an ordinary-CFG sampling
+A prompt's score is the mean of ``d_t`` over the steps ``[start, end)`` of an ordinary-CFG sampling
 trajectory and over ``generations`` seeds. The headline setting is the first step with one generation
 (``start = 0, end = 1``): one CFG UNet evaluation pair at ``x_T`` and no denoising at all. Seed ``seed + j``
 gives generation ``j`` the same ``x_T`` for every prompt (drawn on the CPU like diffusers does), so scores
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class Detector:
-    """§2 detector over any ``StableDiffusionPipeline``-like object (unet, text_encoder, tokenizer,
+    """Detector over any ``StableDiffusionPipeline``-like object (unet, text_encoder, tokenizer,
     scheduler; vae or ``vae_scale_factor`` only when ``height``/``width`` are set).
 
     Runs on the UNet's device and dtype. ``threshold`` is set by :meth:`calibrate` or by the caller.
@@ -61,7 +61,7 @@ class Detector:
 
     @torch.no_grad()
     def magnitudes(self, prompts: Sequence[str]) -> np.ndarray:
-        """Every ``d_t`` (§2): array [prompts, generations, end - start] (float64)."""
+        """Every ``d_t``: array [prompts, generations, end - start] (float64)."""
         cfg = self.config
         prompts = list(prompts)
         if not prompts:
@@ -96,13 +96,14 @@ class Detector:
         return out
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        """Detection score per prompt (§2): mean ``d_t`` over the steps and generations."""
+        """Detection score per prompt: mean ``d_t`` over the steps and generations."""
         mags = self.magnitudes(prompts)
         return [float(v) for v in mags.reshape(len(mags), -1).mean(axis=1)]
 
     # ------------------------------------------------------------------------------------- thresholding
     def calibrate(self, reference_prompts: Sequence[str], target_fpr: float | None = None) -> float:
-        """Threshold from prompts known not to be memorized (§2); sets and returns ``self.threshold``.
+        """Threshold from prompts known not to be memorized (Wen et al., ICLR 2024); sets and returns
+        ``self.threshold``.
 
         See :func:`threshold_for_fpr`: at most ``target_fpr`` (default: the config's) of the reference
         scores lie above it.
@@ -157,7 +158,7 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
 
 
 def roc_metrics(scores_pos: Sequence[float], scores_neg: Sequence[float]) -> dict[str, Any]:
-    """ROC of positives (memorized) against negatives with scikit-learn (§2, §12).
+    """ROC of positives (memorized) against negatives with scikit-learn (protocol: docs/results.md).
 
     Returns ``auc``, ``tpr_at_1pct_fpr`` (see :func:`tpr_at_fpr`) and the full curve ``fpr``, ``tpr``,
     ``thresholds`` (numpy arrays, every operating point kept). Higher scores mean "memorized".

@@ -1,7 +1,8 @@
 """Generation with a chosen mitigation: the shared core of ``copyguard generate`` and the audit.
 
-Mitigations: ``none`` (plain CFG sampling), ``prompt-opt`` (§4), ``amg`` (§6; Anti-Memorization Guidance
-with the training-set index), and the baselines ``gni``, ``rt``, ``cwr``, ``rna`` (§8). Every image gets
+Mitigations: ``none`` (plain CFG sampling), ``prompt-opt`` (Wen et al., ICLR 2024), ``amg``
+(Anti-Memorization Guidance, Chen et al., CVPR 2024, with the training-set index), and the baselines
+``gni``, ``rt``, ``cwr``, ``rna`` (Somepalli et al., NeurIPS 2023). Every image gets
 its own seeded generator, so an image depends on its prompt and seed only, never on batching.
 """
 

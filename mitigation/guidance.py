@@ -1,25 +1,27 @@
 """Anti-Memorization Guidance (AMG) math as pure functions on tensors (Chen et al., CVPR 2024, eq. 10-17).
 
-Per sampling step, with ``eps_hat`` the classifier-free guidance (CFG) prediction (§2)::
+Per sampling step, with ``eps_hat`` the classifier-free guidance (CFG) prediction::
 
-    x0_hat  = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)                       (§6)
+    x0_hat  = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
     eps_hat <- eps_hat + 1{sigma_t > lambda_t} (G_spe + G_dup + G_sim)               (eq. 10)
     s1 = max(min(c1 sigma, s0 - 1), 0);       G_spe = -s1 (eps_p - eps_0)            (eq. 13, 14)
     s2 = max(min(c2 sigma, s0 - s1 - 1), 0);  G_dup = -s2 (eps_yN - eps_0)           (eq. 15, 16)
     G_sim = c3 sqrt(1 - abar_t) grad_{x_t} sigma_t                                   (eq. 17)
 
-with the §6.3 ("paper") refinements: G_spe whenever sigma > 0, ``lambda_t = 0.3 + 0.1 exp(-0.005 t)`` for
-G_dup and G_sim, ``c2 = (s0 - 1 - s1) / 0.3``, G_dup held on for 10 steps once triggered, and
-``c3 = 100 (sigma - 0.3) exp((1000 - t) / 170)``. Every constant comes from :class:`AMGConfig`.
+with the refinements of Chen et al.'s public Stable Diffusion code (the "paper" preset): G_spe whenever
+sigma > 0, ``lambda_t = 0.3 + 0.1 exp(-0.005 t)`` for G_dup and G_sim, ``c2 = (s0 - 1 - s1) / 0.3``, G_dup
+held on for 10 steps once triggered, and ``c3 = 100 (sigma - 0.3) exp((1000 - t) / 170)``. Every constant
+comes from :class:`AMGConfig`.
 
 Sign conventions (tested):
 
 - sigma is a *similarity*: higher means closer to the nearest training image n_0. Object level it is the
-  SSCD cosine ``E(D(x0_hat))^T E(n_0)`` in [-1, 1] (§6.1). Pixel level it is the *negated* normalized L2,
+  SSCD cosine ``E(D(x0_hat))^T E(n_0)`` in [-1, 1]. Pixel level it is the *negated* normalized L2,
   ``sigma = -nL2``, so that "memorized if nL2 < thr_t" reads "sigma > lambda_t" with ``lambda_t = -thr_t``:
-  the §6.3 pixel schedule ``thr_t = 1.95 - 0.45 exp(-0.025 t)`` is ``lambda_t`` with base -1.95, amplitude
-  0.45, rate 0.025. The scales use ``sigma - sigma_zero`` where ``sigma_zero`` is the value meaning "no
-  similarity" (0 for SSCD; ``-1/alpha`` = -2 for nL2, the nL2 of a sample as far from n_0 as from its kNN).
+  the public code's pixel schedule ``thr_t = 1.95 - 0.45 exp(-0.025 t)`` is ``lambda_t`` with base -1.95,
+  amplitude 0.45, rate 0.025. The scales use ``sigma - sigma_zero`` where ``sigma_zero`` is the value meaning
+  "no similarity" (0 for SSCD; ``-1/alpha`` = -2 for nL2, the nL2 of a sample as far from n_0 as from its
+  kNN).
 - G_sim points *up* the gradient of sigma in epsilon space. Because x0_hat subtracts eps, adding G_sim to
   eps_hat moves x0_hat, and the DDIM update of x_t, *down* the gradient: sigma falls.
 - All scales are clamped at >= 0, so guidance never pulls towards the training image.
@@ -82,7 +84,7 @@ def _as_tensor(x: float | torch.Tensor) -> torch.Tensor:
 
 # -- x0_hat and parameterizations -------------------------------------------------------------------------
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float | torch.Tensor) -> torch.Tensor:
-    """``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (§6)."""
+    """``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (Chen et al., CVPR 2024)."""
     ab = _as_tensor(alpha_bar).to(x_t.device, torch.float32)
     return ((x_t - torch.sqrt(1 - ab).to(x_t.dtype) * eps) / torch.sqrt(ab).to(x_t.dtype)).to(x_t.dtype)
 
@@ -112,7 +114,8 @@ def model_output_from_eps(
 
 
 def magnitude_from_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor) -> torch.Tensor:
-    """``d = ||eps(x, e_p) - eps(x, e_0)||_2`` per sample over all latent elements (§2), ``[B]`` float32.
+    """``d = ||eps(x, e_p) - eps(x, e_0)||_2`` per sample over all latent elements, ``[B]`` float32
+    (Wen et al., ICLR 2024).
 
     The same quantity as ``copyguard.mitigation.magnitude.text_conditional_magnitude`` computes, taken
     from the UNet outputs the sampler's own first CFG pass already has.
@@ -122,12 +125,14 @@ def magnitude_from_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor) -> torc
 
 # -- schedules and scales ---------------------------------------------------------------------------------
 def lambda_schedule(t: float | torch.Tensor, base: float, amp: float, rate: float) -> torch.Tensor:
-    """``lambda_t = base + amp exp(-rate t)`` (§6.3: 0.3, 0.1, 0.005; pixel level -1.95, 0.45, 0.025)."""
+    """``lambda_t = base + amp exp(-rate t)``; Chen et al.'s public SD code uses 0.3, 0.1, 0.005 (pixel level
+    -1.95, 0.45, 0.025)."""
     return base + amp * torch.exp(-rate * _as_tensor(t).float())
 
 
 def despecification_scale(sigma: torch.Tensor, c1: float, s0: float, sigma_zero: float = 0.0) -> torch.Tensor:
-    """Eq. 13: ``s1 = max(min(c1 (sigma - sigma_zero), s0 - 1), 0)``; §6.3: ``max(min(6.5, 13 sigma), 0)``."""
+    """Eq. 13: ``s1 = max(min(c1 (sigma - sigma_zero), s0 - 1), 0)``; the public SD code's constants give
+    ``max(min(6.5, 13 sigma), 0)``."""
     return torch.clamp(c1 * (sigma - sigma_zero), max=s0 - 1).clamp(min=0.0)
 
 
@@ -141,7 +146,7 @@ def dedup_scale(
 ) -> torch.Tensor:
     """Eq. 15: ``s2 = max(min(c2 (sigma - sigma_zero), s0 - s1 - 1), 0)``.
 
-    ``c2=None`` is the §6.3 form ``s2 = max(min(6.5 - s1, (6.5 - s1) / 0.3 sigma), 0)``, i.e.
+    ``c2=None`` is the public SD code's form ``s2 = max(min(6.5 - s1, (6.5 - s1) / 0.3 sigma), 0)``, i.e.
     ``c2 = (s0 - 1 - s1) / c2_ref``: s2 takes the whole remaining budget once sigma reaches ``c2_ref``.
     ``s1`` is the G_spe scale actually applied (0 where G_spe is off), so ``s0 - s1 - s2 >= 1`` always.
     """
@@ -153,7 +158,8 @@ def dedup_scale(
 def similarity_scale(
     sigma: torch.Tensor, t: float | torch.Tensor, scale: float, offset: float, tau: float, t_ref: float
 ) -> torch.Tensor:
-    """c3 of eq. 17 in the §6.3 form ``scale (sigma - offset) exp((t_ref - t) / tau)``, clamped at >= 0."""
+    """c3 of eq. 17 in the public SD code's form ``scale (sigma - offset) exp((t_ref - t) / tau)``, clamped at
+    >= 0."""
     t = _as_tensor(t).to(sigma.device).float()
     return (scale * (sigma - offset) * torch.exp((t_ref - t) / tau)).clamp(min=0.0)
 
@@ -176,7 +182,8 @@ def g_sim(grad: torch.Tensor, alpha_bar: float | torch.Tensor, c3: torch.Tensor)
 
 # -- gating -------------------------------------------------------------------------------------------------
 def spe_gate(sigma: torch.Tensor, lambda_t: torch.Tensor, mode: str, sigma_zero: float = 0.0) -> torch.Tensor:
-    """Where G_spe applies: ``positive`` (§6.3: whenever sigma > sigma_zero) or ``lambda`` (eq. 10).
+    """Where G_spe applies: ``positive`` (the public SD code: whenever sigma > sigma_zero) or
+    ``lambda`` (eq. 10).
 
     NaN sigma (not computed) is never on.
     """
@@ -190,7 +197,8 @@ def spe_gate(sigma: torch.Tensor, lambda_t: torch.Tensor, mode: str, sigma_zero:
 def update_dup_hold(
     remaining: torch.Tensor, trigger: torch.Tensor, hold: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """G_dup hold (§6.3): on at a trigger and for ``hold - 1`` further steps (``hold`` steps in all).
+    """G_dup hold (as in Chen et al.'s public SD code): on at a trigger and for ``hold - 1`` further steps
+    (``hold`` steps in all).
 
     ``remaining`` counts the steps still owed after the current one. Returns ``(on, remaining_next)``.
     """
@@ -223,14 +231,14 @@ def plan_step(
     dup_remaining: torch.Tensor,
     has_dup_caption: torch.Tensor,
 ) -> StepPlan:
-    """The gating of eq. 10 with the §6.3 details for one step, as a pure function.
+    """One step's gating (eq. 10 plus the details of Chen et al.'s public SD code), as a pure function.
 
     A term counts as on only with a positive scale: once s1 reaches s0 - 1 (sigma >= 0.5 in the paper
     preset) eq. 15 leaves s2 = 0, and G_dup costs no UNet call although its hold keeps running.
 
     ``sigma`` ``[B]`` is the latest similarity per image (NaN where never computed); ``fresh`` marks images
     whose sigma was computed at this step (only they can get G_sim, which needs a new gradient);
-    ``has_dup_caption`` marks images whose nearest training image has a y_N (§6.2).
+    ``has_dup_caption`` marks images whose nearest training image has a duplicated caption y_N.
     """
     lam = float(lambda_schedule(float(t), cfg.lambda_base, cfg.lambda_amp, cfg.lambda_rate))
     sig = torch.nan_to_num(sigma.float(), nan=-math.inf)  # NaN -> never above any threshold
@@ -254,7 +262,7 @@ def plan_step(
 
 def initial_flags(magnitude: torch.Tensor | None, threshold: float | None, batch: int) -> torch.Tensor:
     """Detection gate (issue 5): an image is checked at all only if its first-step magnitude exceeds the
-    calibrated ``threshold`` (§2). ``threshold=None`` (ungated) flags every image."""
+    calibrated ``threshold`` (Wen et al., ICLR 2024). ``threshold=None`` (ungated) flags every image."""
     if threshold is None:
         return torch.ones(batch, dtype=torch.bool)
     if magnitude is None:
@@ -277,7 +285,7 @@ def after_check(
     return active & ~low
 
 
-# -- similarity sigma_t (§6.1) -----------------------------------------------------------------------------
+# -- similarity sigma_t (Chen et al., CVPR 2024) ------------------------------------------------------------
 @dataclass
 class SigmaResult:
     """sigma per image ``[n]`` (differentiable when computed with grad), nearest training key and row."""
@@ -296,7 +304,7 @@ def _module_device_dtype(module: Any) -> tuple[torch.device, torch.dtype]:
 
 
 def sscd_sigma(images: torch.Tensor, embedder: Any, index: TrainingIndex) -> SigmaResult:
-    """Object level (§6.1): ``sigma = E(img)^T E(n_0)`` with n_0 the nearest training image in ``index``.
+    """Object level: ``sigma = E(img)^T E(n_0)`` with n_0 the nearest training image in ``index``.
 
     ``images`` float ``[n, 3, H, W]`` in [0, 1]. A torch ``embedder`` (float images -> unit ``[n, dim]``,
     e.g. ``TorchSSCD``) keeps the graph, so sigma is differentiable w.r.t. ``images``; any other
@@ -326,7 +334,7 @@ def nl2_sigma(
     keys: Sequence[str] | None = None,
     chunk: int = 4096,
 ) -> SigmaResult:
-    """Pixel level (§6.1): ``sigma = -nL2 = -l2(x, n_0) / (alpha mean_{z in kNN_k(x)} l2(x, z))``.
+    """Pixel level: ``sigma = -nL2 = -l2(x, n_0) / (alpha mean_{z in kNN_k(x)} l2(x, z))``.
 
     ``images`` float ``[n, 3, h, w]`` and ``reference`` ``[M, 3, H, W]`` in [0, 1] (uint8 is scaled); the
     images are resized (bilinear) to the reference size. L2 is over the flattened [0, 1] pixels and the kNN
@@ -360,9 +368,9 @@ def sigma_and_grad(
 ) -> tuple[SigmaResult, torch.Tensor]:
     """sigma at ``x0_hat(x_t, eps)`` and ``grad_{x_t} sigma`` through ``decode`` and the embedder only.
 
-    ``eps`` is treated as a constant (§6.1: no backward through the UNet), so the gradient is
-    ``grad_{x0_hat} sigma / sqrt(abar_t)``. ``decode`` maps latents x0_hat to images in [0, 1]. Parameters
-    of the modules get no ``.grad`` (``torch.autograd.grad`` w.r.t. ``x_t`` only).
+    ``eps`` is treated as a constant (as in Chen et al., CVPR 2024: no backward through the UNet), so the
+    gradient is ``grad_{x0_hat} sigma / sqrt(abar_t)``. ``decode`` maps latents x0_hat to images in [0, 1].
+    Parameters of the modules get no ``.grad`` (``torch.autograd.grad`` w.r.t. ``x_t`` only).
     """
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)

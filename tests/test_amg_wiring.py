@@ -100,7 +100,7 @@ def first_t(pipe) -> int:
 
 # -- the plain reference ----------------------------------------------------------------------------------
 def decode(pipe, x0: torch.Tensor) -> torch.Tensor:
-    """D of §6.1: VAE-decode latents to images in [0, 1]."""
+    """The decoder D of Chen et al., CVPR 2024: VAE-decode latents to images in [0, 1]."""
     image = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample
     return (image / 2 + 0.5).clamp(0, 1)
 
@@ -149,14 +149,14 @@ def embeddings(pipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def reference_step(pipe, embedder, vectors, x, t, *, use_spe, use_dup, use_sim, has_yn, c2=None) -> Ref:
-    """Eq. 10-17 with the §6.3 paper constants, for one image at timestep ``t`` (DDIM: x_t = latents)."""
+    """Eq. 10-17 with the public SD code's constants for one image at timestep ``t`` (DDIM: x_t = latents)."""
     fake = pipe.unet.forward
     e_p, e_0, e_yn = embeddings(pipe)
     ab = float(pipe.scheduler.alphas_cumprod[t])
     eps_u, eps_c, eps_dup = fake.eps(x, e_0), fake.eps(x, e_p), fake.eps(x, e_yn)
-    eps_hat = eps_u + S0 * (eps_c - eps_u)  # §2 CFG
+    eps_hat = eps_u + S0 * (eps_c - eps_u)  # ordinary CFG
     sigma, _ = sigma_and_grad(pipe, embedder, vectors, x, eps_hat, ab)  # sigma of the CFG x0_hat
-    lam = 0.3 + 0.1 * math.exp(-0.005 * t)  # §6.3 lambda_t
+    lam = 0.3 + 0.1 * math.exp(-0.005 * t)  # lambda_t of the public SD code
     s1 = max(min(13 * sigma, S0 - 1), 0.0) if (use_spe and sigma > 0) else 0.0  # eq. 13, G_spe if sigma > 0
     g_spe = -s1 * (eps_c - eps_u)  # eq. 14
     s2 = 0.0
@@ -352,7 +352,8 @@ def test_g_sim_is_off_at_or_below_lambda(pipe, embedder, x_T, first_t, monkeypat
 
 
 def test_g_sim_uses_sigma_recomputed_from_the_guided_epsilon(pipe, embedder, x_T, first_t, monkeypatch):
-    """§6.3: sigma is recomputed after G_spe/G_dup, i.e. at x0_hat(eps_hat + G_spe + G_dup), before G_sim."""
+    """As in Chen et al.'s public SD code, sigma is recomputed after G_spe/G_dup and before G_sim, i.e. at
+    x0_hat(eps_hat + G_spe + G_dup)."""
     sigma = 0.45
     index, vectors = index_for_sigma(pipe, embedder, x_T, first_t, sigma)
     got, trace, _, t = run_first_step(pipe, embedder, index, x_T, monkeypatch, use_dup=False)

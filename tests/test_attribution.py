@@ -1,4 +1,5 @@
-"""§3 token attribution on a toy model where the token "trigger" drives the text-conditional term.
+"""Token attribution (Wen et al., ICLR 2024) on a toy model where the token "trigger" drives the
+text-conditional term.
 
 The model is :func:`tests.tiny_sd.trigger_pipeline` (see its docstring for the construction): removing the
 trigger halves a prompt's magnitude, removing any other word barely moves it, so the attribution must rank

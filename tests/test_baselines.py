@@ -1,4 +1,5 @@
-"""§8 baselines: seeded, deterministic, and doing what they say; usable with the standard pipeline."""
+"""Mitigation baselines (Somepalli et al., NeurIPS 2023): seeded, deterministic, and doing what they say;
+usable with the standard pipeline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Image dedup core: FAISS similarity edges (exact / IVF / k-NN) and chaining-safe clustering (§11)."""
+"""Image dedup core: FAISS similarity edges (exact / IVF / k-NN) and chaining-safe clustering."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""§2 detector: first-step and multi-step scores, batching, seeds, calibration, ROC helpers."""
+"""Detector (Wen et al., ICLR 2024): first- and multi-step scores, batching, seeds, calibration, ROC."""
 
 from __future__ import annotations
 

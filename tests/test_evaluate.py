@@ -1,4 +1,4 @@
-"""Pairwise precision / recall / F1 / ARI from the contingency table, and the manifest report (§12)."""
+"""Pairwise precision / recall / F1 / ARI from the contingency table, and the manifest report."""
 
 from __future__ import annotations
 

@@ -73,7 +73,8 @@ PAPER = AMGConfig.preset("paper")
 def test_eq13_clamp_matches_paper_form():
     sigma = torch.tensor([-0.3, 0.0, 0.1, 0.2, 0.5, 0.9])
     s1 = G.despecification_scale(sigma, c1=13, s0=7.5)
-    paper = torch.clamp(torch.minimum(torch.tensor(6.5), 13 * sigma), min=0)  # §6.3: max(min(6.5, 13 s), 0)
+    # the constants of Chen et al.'s public SD code: max(min(6.5, 13 s), 0)
+    paper = torch.clamp(torch.minimum(torch.tensor(6.5), 13 * sigma), min=0)
     assert torch.allclose(s1, paper)
     assert s1.tolist() == pytest.approx([0, 0, 1.3, 2.6, 6.5, 6.5])
     # the upper clamp is s0 - 1, so CFG never turns into negative guidance
@@ -83,7 +84,7 @@ def test_eq13_clamp_matches_paper_form():
 def test_eq15_clamp_paper_form_and_budget():
     sigma = torch.linspace(-0.5, 1.0, 61)
     s1 = G.despecification_scale(sigma, 13, 7.5)
-    s2 = G.dedup_scale(sigma, s1, 7.5)  # c2=None: §6.3 form
+    s2 = G.dedup_scale(sigma, s1, 7.5)  # c2=None: the public SD code's form
     paper = torch.clamp(torch.minimum(6.5 - s1, (6.5 - s1) / 0.3 * sigma), min=0)
     assert torch.allclose(s2, paper)
     assert bool((7.5 - s1 - s2 >= 1 - 1e-6).all())  # eq. 15 keeps s0 - s1 - s2 >= 1

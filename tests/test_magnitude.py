@@ -1,4 +1,5 @@
-"""§2 text-conditional magnitude: one batched UNet call equals the two-call definition; CFG trajectory."""
+"""Text-conditional magnitude (Wen et al., ICLR 2024): one batched UNet call equals the two-call definition;
+CFG trajectory."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_one_unet_call_on_2b_samples_in_uncond_cond_order(unet) -> None:
     torch.testing.assert_close(
         res.eps_cond, unet(x, 10, encoder_hidden_states=cond).sample, atol=1e-5, rtol=1e-5
     )
-    # guided() is ordinary CFG (§2)
+    # guided() is ordinary CFG
     torch.testing.assert_close(res.guided(7.5), res.eps_uncond + 7.5 * (res.eps_cond - res.eps_uncond))
 
 

@@ -1,4 +1,5 @@
-"""§4 prompt-embedding optimization on the toy memorizing model (tests.tiny_sd.trigger_pipeline)."""
+"""Prompt-embedding optimization (Wen et al., ICLR 2024) on the toy memorizing model
+(tests.tiny_sd.trigger_pipeline)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Wiring of detection (Wen et al., ICLR 2024) and attribution (§3) along the sampling trajectory.
+"""Wiring of detection (Wen et al., ICLR 2024) and attribution along the sampling trajectory.
 
 - Attribution (Wen et al.): the trajectory the significance is measured along is ordinary CFG,
   ``eps_0 + s0 (eps_p - eps_0)``; the public code's pitfall swaps cond and uncond there (anti-guidance).
@@ -48,7 +48,7 @@ def x_T(pipe, scheduler, seed: int = 0) -> torch.Tensor:
 
 
 def trajectory(pipe, scheduler, e_p, e_0, steps: int, end: int, *, swapped: bool = False):
-    """Plain CFG sampling (§2): yields ``(i, t, unet_input)``; ``swapped`` exchanges cond and uncond."""
+    """Plain CFG sampling: yields ``(i, t, unet_input)``; ``swapped`` exchanges cond and uncond."""
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
     x = x_T(pipe, sched)
@@ -64,7 +64,8 @@ def trajectory(pipe, scheduler, e_p, e_0, steps: int, end: int, *, swapped: bool
 
 # -- attribution -------------------------------------------------------------------------------------------
 def reference_significance(pipe, prompt: str, steps: int, start: int, end: int, swapped: bool = False):
-    """§3: ``||d/de_i mean_n ||eps(x_t, e) - eps(x_t, e_0)||_2||_2`` averaged over the steps [start, end)."""
+    """Token significance ``||d/de_i mean_n ||eps(x_t, e) - eps(x_t, e_0)||_2||_2`` averaged over the steps
+    [start, end)."""
     with torch.no_grad():
         e_p, e_0 = embed(pipe, [prompt]), embed(pipe, [""])
     total = torch.zeros(77)

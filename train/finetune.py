@@ -1,4 +1,5 @@
-"""``copyguard train``: fine-tune a Stable Diffusion UNet (full or LoRA) with Accelerate and the §5 filter.
+"""``copyguard train``: fine-tune a Stable Diffusion UNet (full or LoRA) with Accelerate and the
+memorization filter of Wen et al., ICLR 2024.
 
 The text encoder and the VAE stay frozen. Each micro-batch: VAE latents, a random timestep and noise, the
 frozen text embedding, then either the plain UNet prediction or, with the filter on,

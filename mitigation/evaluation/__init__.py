@@ -1,10 +1,11 @@
 """Evaluation of detection and mitigation, shared by the audit, the lab model and the benchmarks.
 
-- :mod:`.calibrate`: THE detection-threshold calibration from reference prompts at a target FPR (§2), and
-  prompt-opt's ``l_target`` from the same scores (§4).
+- :mod:`.calibrate`: THE detection-threshold calibration from reference prompts at a target FPR (Wen et al.,
+  ICLR 2024), and prompt-opt's ``l_target`` from the same scores.
 - :mod:`.measure`: the generate-and-measure loop (images for (prompt, seed) pairs through
   :func:`copyguard.mitigation.generate.generate_images`, SSCD to each prompt's own training image or the
-  nearest training image, §7).
-- :mod:`.evidence`: pure functions over scores, images and records: detection ROC per setting (§2, §12),
-  image change against the unmitigated image, AMG term statistics from the pipeline's traces (§6).
+  nearest training image, as in Chen et al., CVPR 2024 and Somepalli et al., NeurIPS 2023).
+- :mod:`.evidence`: pure functions over scores, images and records: detection ROC per setting (Wen et al.,
+  ICLR 2024; protocol in docs/results.md), image change against the unmitigated image, AMG term statistics
+  from the pipeline's traces (Chen et al., CVPR 2024).
 """

@@ -2,13 +2,13 @@
 
 Pure functions (numpy; scikit-learn for the ROC) used by the audit, the lab and the benchmarks alike:
 
-- detection (Wen et al., ICLR 2024, §2 and copyguard's evaluation protocol): ROC AUC and TPR@1%FPR of memorized against
-  non-memorized prompts, per detection setting (first step or all steps, n generations); a prompt's score
-  is the mean of ``d_t`` over its generations and steps;
-- memorization (Chen et al., CVPR 2024, Table 1; Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023): Top5%, Top1, shares over thresholds of
-  SSCD similarity, and nL2 at pixel level;
+- detection (Wen et al., ICLR 2024; copyguard's protocol in docs/results.md): ROC AUC and TPR@1%FPR of
+  memorized against non-memorized prompts, per detection setting (first step or all steps, n generations);
+  a prompt's score is the mean of ``d_t`` over its generations and steps;
+- memorization (Chen et al., CVPR 2024, Table 1; Somepalli et al., NeurIPS 2023): Top5%, Top1, shares over
+  thresholds of SSCD similarity, and nL2 at pixel level;
 - image change of a mitigation against the unmitigated image of the same (prompt, seed);
-- AMG (Chen et al. §4, Chen et al., CVPR 2024): how often the gate flagged a prompt and each guidance term
+- AMG (Chen et al., CVPR 2024): how often the gate flagged a prompt and each guidance term
   (G_spe, G_dup, G_sim) fired, from the per-image traces of the AMG pipeline.
 """
 
@@ -52,7 +52,8 @@ def roc_summary(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.nda
 
 
 def prompt_scores(magnitudes: np.ndarray) -> np.ndarray:
-    """§2 score per prompt from ``Detector.magnitudes``' ``[prompts, generations, steps]``: the mean ``d_t``."""
+    """Detection score (Wen et al., ICLR 2024) per prompt from ``Detector.magnitudes``'
+    ``[prompts, generations, steps]``: the mean ``d_t``."""
     m = np.asarray(magnitudes, dtype=np.float64)
     return m.reshape(len(m), -1).mean(axis=1)
 
@@ -119,8 +120,8 @@ def memorization_summary(
     nl2: np.ndarray | None,
     threshold: float,
 ) -> dict[str, Any]:
-    """§7 over the generations selected by ``mask``: SSCD to the own and (when given) the nearest training
-    image, at ``threshold`` and 0.5, and nL2 (when given)."""
+    """Memorization metrics over the generations selected by ``mask``: SSCD to the own and (when given) the
+    nearest training image, at ``threshold`` and 0.5, and nL2 (when given)."""
     mask = np.asarray(mask, dtype=bool)
     thresholds = sorted({threshold, 0.5}, reverse=True)
     out: dict[str, Any] = {"generations": int(mask.sum())}

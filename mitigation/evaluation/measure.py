@@ -6,7 +6,7 @@ code path of ``copyguard generate``, and measured by ``sim(g) = max_x cos(E(g), 
 - the prompt's own training image(s) (:class:`OwnImages`: one image per image group, duplicated copies
   collapse), when the ground truth says which image a prompt should reproduce (the lab, the benchmarks);
 - the nearest training image of the whole set (:class:`NearestTraining`: through the curation job's index,
-  or pixel nL2 against the training shards, §6.1), when it does not (the audit).
+  or pixel nL2 against the training shards as in Chen et al., CVPR 2024), when it does not (the audit).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def first_of_groups(
 
 @dataclass
 class OwnImages:
-    """SSCD embeddings of each image group's training image; ``__call__`` gives §7's ``sim`` of generated
+    """SSCD embeddings of each image group's training image; ``__call__`` gives the ``sim`` of generated
     embeddings against their own group's image(s)."""
 
     embeddings: np.ndarray
@@ -122,7 +122,7 @@ def load_training_images(patterns: str, keys: Iterable[str] | None = None, size:
 
 class NearestTraining:
     """Nearest training image and similarity per generated image: SSCD through the curation job's index, or
-    pixel nL2 (§6.1) against the training shards.
+    pixel nL2 (Chen et al., CVPR 2024) against the training shards.
 
     ``cfg`` carries ``similarity`` (``"sscd"`` | ``"nl2"``), ``embedder`` / ``embedder_path`` (None: the
     index's own embedder) and ``nl2_k`` / ``nl2_alpha`` (an ``AuditConfig`` does).
