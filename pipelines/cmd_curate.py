@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from copyguard.common.cli_args import add_config_args
+from copyguard.common.cli_args import add_config_args, add_option, examples
 from copyguard.common.config import load_config
 from copyguard.common.errors import UsageError
 from copyguard.common.fileops import LocalFileOps, atomic_write, expand_paths
@@ -66,7 +66,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     rows = read_manifest(paths, LocalFileOps())
     report = evaluate_manifest(rows, truth)
     print(format_report(report))
-    out = args.out or (os.path.join(target, "eval.json") if os.path.isdir(target) else "eval.json")
+    out = args.output or (os.path.join(target, "eval.json") if os.path.isdir(target) else "eval.json")
     atomic_write(out, json.dumps(report, indent=2, sort_keys=True))
     print(f"wrote {out}")
     return 0
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(curate)
-    add_config_args(curate, "curate")
+    add_config_args(curate, "curate", example="images.threshold=0.8")
     curate.set_defaults(func=_run_curate, accepts_extra=True)
 
     ev = sub.add_parser(
@@ -91,10 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score a curation manifest against a ground truth (pairwise P/R/F1, ARI)",
         description="Pairwise precision, recall, F1 and ARI for captions, images and the joint decision, "
         "with a breakdown by planted kind.",
+        epilog=examples("copyguard eval-dedup --manifest curated/ --truth sample/ground_truth.jsonl"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
         "--manifest", required=True, help="curation output dir (or its manifest dir / Parquet files)"
     )
     ev.add_argument("--truth", required=True, help="ground_truth.jsonl from sample-data")
-    ev.add_argument("--out", default=None, help="where to write the JSON (default: OUT/eval.json)")
+    add_option(
+        ev, "--output", old=["--out"], metavar="FILE", help="where to write the JSON (default: OUT/eval.json)"
+    )
     ev.set_defaults(func=_run_eval)

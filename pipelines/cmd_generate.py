@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from copyguard.common.cli_args import add_config_args
+from copyguard.common.cli_args import add_config_args, add_option, examples
 from copyguard.common.config import load_config
 from copyguard.common.errors import UsageError
 from copyguard.mitigation.config import AMG_PRESETS, MITIGATIONS
@@ -12,13 +12,14 @@ from copyguard.mitigation.config import AMG_PRESETS, MITIGATIONS
 __all__ = ["register"]
 
 
-def _seeds(text: str) -> list[int]:
+def _seeds(values: list[str]) -> list[int]:
+    """``--seed 0 1 2`` or ``--seed 0,1,2`` (the old ``--seeds 0,1,2``) as integers."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for text in values for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--seed takes integers, got {' '.join(values)!r}") from None
     if not seeds:
-        raise UsageError("--seeds is empty")
+        raise UsageError("--seed is empty")
     return seeds
 
 
@@ -32,8 +33,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.mitigation:
         overrides.append(f"generate.mitigation={args.mitigation}")
     cfg = load_config(GenerateConfig, "generate", args.config, overrides)
-    if args.seeds:
-        cfg.seeds = _seeds(args.seeds)
+    if args.seed:
+        cfg.seeds = _seeds(args.seed)
     if args.amg_preset:
         keep = {
             k: getattr(cfg.amg, k)
@@ -44,9 +45,9 @@ def _run(args: argparse.Namespace) -> int:
         cfg,
         args.model,
         args.prompt or args.prompts,
-        args.out,
+        args.output,
         index=args.index,
-        reference_prompts=args.calibrate_on,
+        reference_prompts=args.reference_prompts,
         device=args.device,
         overwrite=args.overwrite,
     )
@@ -63,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(Wen et al., ICLR 2024), Anti-Memorization Guidance against the training-set index (Chen et al., CVPR 2024), or the GNI, RT, "
         "CWR, RNA baselines (Somepalli et al., NeurIPS 2023). Writes OUT/images/*.png and OUT/generations.jsonl (one record per image: "
         "prompt, seed, mitigation, and the AMG sigma trace and which guidance fired).",
+        epilog=examples(
+            "copyguard generate --model sd-folder --prompt 'a photo of a red car' --seed 0 1 2 --output gen/",
+            "copyguard generate --model sd-folder --prompts flagged.txt --mitigation amg --index curated/index "
+            "--output gen_amg/",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -70,15 +77,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mitigation", choices=MITIGATIONS, default=None, help="default: none")
     p.add_argument("--amg-preset", choices=AMG_PRESETS, default=None, help="AMG constants (default paper)")
     p.add_argument("--index", default=None, help="training-set index from `copyguard curate` (OUT/index)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default 0)")
-    p.add_argument(
-        "--calibrate-on",
-        default=None,
+    add_option(
+        p,
+        "--seed",
+        old=["--seeds"],
+        nargs="+",
+        metavar="SEED",
+        help="one image per seed, e.g. --seed 0 1 2 (default 0)",
+    )
+    add_option(
+        p,
+        "--reference-prompts",
+        old=["--calibrate-on"],
         metavar="FILE",
         help="non-memorized prompts: calibrate prompt-opt's l_target and AMG's gate threshold",
     )
-    p.add_argument("--out", required=True, help="output folder")
+    add_option(p, "--output", old=["--out"], required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    add_config_args(p, "generate")
+    add_config_args(p, "generate", example="num_inference_steps=30")
     p.set_defaults(func=_run)

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from copyguard.common.cli_args import add_config_args
+from copyguard.common.cli_args import add_config_args, add_option, examples
 from copyguard.common.config import load_config
 
 __all__ = ["register", "run"]
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 EPILOG = """\
 Trains every component (CLIP tokenizer from the real BPE vocabulary, text encoder, VAE, UNet) from scratch
-on WebDataset shards, writes a diffusers StableDiffusionPipeline folder to --out (loadable with
+on WebDataset shards, writes a diffusers StableDiffusionPipeline folder to --output (loadable with
 StableDiffusionPipeline.from_pretrained(OUT)), then measures memorization of the planted duplicated pairs
 and writes OUT/memorization.json, OUT/memorization.png and the model card OUT/README.md.
 Presets: tiny (tests, minutes), small (the demo, ~20 CPU minutes), gpu (64 px, for a GPU machine).
@@ -25,7 +25,11 @@ Any shards work: duplicated pairs and their copy counts come from ground_truth.j
 (image_group/caption_group) or, without it, from identical image bytes + identical normalized captions.
 The model and lab_training.json are saved before the measurement: if it (or the card) fails, the model is
 kept, the error is one line (exit 2 for a data problem, else 1) and --eval-only reruns the measurement.
-"""
+
+""" + examples(
+    "copyguard lab-model --input 'sample/*.tar' --output lab_model --preset tiny",
+    "copyguard lab-model --input 'sample/*.tar' --output lab_model --eval-only",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, metavar="GLOB", help="training shards, e.g. 'DIR/*.tar'")
-    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model folder")
+    add_option(
+        parser,
+        "--input",
+        old=["--data"],
+        required=True,
+        metavar="GLOB",
+        help="training shards, e.g. 'DIR/*.tar'",
+    )
+    add_option(
+        parser, "--output", old=["--out"], required=True, metavar="MODEL_DIR", help="output model folder"
+    )
     parser.add_argument("--preset", choices=("tiny", "small", "gpu"), default=None, help="default: small")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default: auto")
@@ -47,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--eval-only", action="store_true", help="only measure the model already in OUT")
     mode.add_argument("--no-eval", action="store_true", help="train and save, skip the measurement")
-    add_config_args(parser, "lab")
+    add_config_args(parser, "lab", example="threads=2")
     parser.set_defaults(func=run)
 
 
@@ -63,12 +76,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(LabConfig, "lab", args.config, overrides)
     try:
         result = run_lab_model(
-            cfg, args.data, args.out, resume=args.resume, eval_only=args.eval_only, evaluate=not args.no_eval
+            cfg,
+            args.input,
+            args.output,
+            resume=args.resume,
+            eval_only=args.eval_only,
+            evaluate=not args.no_eval,
         )
     except EvaluationFailed as exc:  # the model is saved; one line, exit 1 (a UsageError exits 2)
         print(f"copyguard lab-model: error: {exc}", file=sys.stderr)
         return 1
-    print(f"lab model ({cfg.preset}) in {args.out}")
+    print(f"lab model ({cfg.preset}) in {args.output}")
     if result["memorization"] is not None:
         _print_summary(result["memorization"])
     return 0

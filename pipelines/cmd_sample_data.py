@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from copyguard.common.cli_args import add_config_args
+from copyguard.common.cli_args import add_config_args, add_option, examples
 from copyguard.common.config import load_config
 from copyguard.pipelines.lab.config import SampleDataConfig
 from copyguard.pipelines.lab.sample_data import build_sample_data
@@ -15,7 +15,10 @@ EPILOG = """\
 Writes DIR/shard-000000.tar ... (WebDataset: KEY.jpg + KEY.txt; the last shard holds the broken samples a
 reader must reject) and DIR/ground_truth.jsonl ({key, image_group, caption_group, kind, copies} per sample).
 The same seed gives the same bytes. Presets: tiny (~300 samples, seconds), small (~2,000, the default).
-"""
+
+""" + examples(
+    "copyguard sample-data --output sample --preset tiny", "copyguard sample-data --output sample --seed 1"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,15 +31,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder for shards and ground truth"
+    add_option(
+        parser,
+        "--output",
+        old=["--out"],
+        required=True,
+        metavar="DIR",
+        help="output folder for shards and ground truth",
     )
     parser.add_argument("--preset", default=None, help="tiny or small (default: the config's, small)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace the shards and ground truth already in --out"
+        "--overwrite", action="store_true", help="replace the shards and ground truth already in --output"
     )
-    add_config_args(parser, "sample_data")
+    add_config_args(parser, "sample_data", example="image_size=96")
     parser.set_defaults(func=run)
 
 
@@ -47,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"sample_data.seed={args.seed}")
     cfg = load_config(SampleDataConfig, "sample_data", args.config, overrides)
-    summary = build_sample_data(cfg, args.out, overwrite=args.overwrite)
+    summary = build_sample_data(cfg, args.output, overwrite=args.overwrite)
     kinds = ", ".join(f"{kind} {count}" for kind, count in summary["kinds"].items())
     print(
         f"wrote {summary['samples']} samples ({summary['broken']} broken) in {summary['shards']} shards "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from copyguard.common.cli_args import examples
+
 __all__ = ["register"]
 
 EPILOG = """\
@@ -19,7 +21,15 @@ pipe.load_lora_weights(RUN_DIR)), train_config.yaml, train_log.jsonl, training.j
 logs/ (TensorBoard; --report_to wandb|all for others).
 Several GPUs or nodes: accelerate launch -m copyguard.train (same arguments).
 Exit codes: 0 done, 1 stopped on a non-finite loss (the last good checkpoint is kept), 2 usage/config error.
-"""
+
+""" + examples(
+    "copyguard train --pretrained_model_name_or_path sd-folder --train_data_dir 'curated/shards/*.tar' "
+    "--output_dir run/ --max_train_steps 1000 --learning_rate 1e-5 --set train.filter.enabled=true",
+    "copyguard train --pretrained_model_name_or_path sd-folder --train_data_dir 'curated/shards/*.tar' "
+    "--output_dir run/ --set train.mode=lora --rank 8 --mixed_precision fp16 --report_to tensorboard",
+    "copyguard train --pretrained_model_name_or_path sd-folder --train_data_dir 'curated/shards/*.tar' "
+    "--output_dir run/ --resume_from_checkpoint latest",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from copyguard.common.cli_args import add_config_args
+from copyguard.common.cli_args import add_config_args, examples
 from copyguard.common.errors import UsageError
 
 __all__ = ["CURATE_EPILOG", "add_arguments", "check_beam_options", "job_arguments"]
@@ -23,7 +23,13 @@ Beam options pass straight through, e.g.:
   --runner FlinkRunner --flink_master HOST:8081 --environment_type LOOPBACK
   --runner SparkRunner --spark_master_url spark://HOST:7077
 Exit codes: 0 done, 1 the job failed (e.g. the accounting invariant broke), 2 usage/config error.
-"""
+
+""" + examples(
+    "copyguard curate --input 'shards/{00000..00009}.tar' --output curated/",
+    "copyguard curate --input 'new/*.tar' --reference curated/ --output curated_new/ --set curate.images.threshold=0.8",
+    "copyguard curate --input 'gs://b/shards/*.tar' --output gs://b/curated --runner DataflowRunner --project P "
+    "--region R --temp_location gs://b/tmp",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +75,7 @@ def _job_option_names() -> list[str]:
     """The option strings of the job itself (``--input``, ``--config``...), for "did you mean"."""
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
-    add_config_args(parser, "curate")
+    add_config_args(parser, "curate", example="images.threshold=0.8")
     return [name for action in parser._actions for name in action.option_strings]
 
 

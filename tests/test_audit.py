@@ -67,7 +67,7 @@ def setup(lab_tiny_data: Path, lab_tiny_model: Path, tmp_path_factory: pytest.Te
 @pytest.fixture(scope="module")
 def audited(setup: dict, torch_single_thread: None) -> dict:
     out = setup["root"] / "out"
-    code = main([*setup["base"], "--out", str(out), "--fail-on", "top1>1.5", "--fail-on", "flagged>100"])
+    code = main([*setup["base"], "--output", str(out), "--fail-on", "top1>1.5", "--fail-on", "flagged>100"])
     return {**setup, "out": out, "code": code}
 
 
@@ -112,7 +112,7 @@ def test_report_html_sections_and_escaping(audited: dict) -> None:
 def test_gate_fails_with_exit_1_and_reuses_results(audited: dict, capsys: pytest.CaptureFixture) -> None:
     out = audited["out"]
     capsys.readouterr()
-    code = main([*audited["base"], "--out", str(out), "--fail-on", "top1>=-1", "--fail-on", "flagged>100"])
+    code = main([*audited["base"], "--output", str(out), "--fail-on", "top1>=-1", "--fail-on", "flagged>100"])
     printed = capsys.readouterr().out
     assert code == 1
     assert "gate FAILED" in printed and "top1>=-1" in printed and "flagged>100" not in printed
@@ -154,7 +154,7 @@ def test_resume_after_interruption_skips_finished_prompts(audited: dict) -> None
     # a run killed while writing its last batch: the last prompt missing, a torn line at the end
     results.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     (out / "report.json").unlink()
-    assert main([*audited["base"], "--out", str(out), "--fail-on", "top1>1.5"]) == 0
+    assert main([*audited["base"], "--output", str(out), "--fail-on", "top1>1.5"]) == 0
     report = _report(out)
     assert report["timing"]["resumed_prompts"] == audited["n"] - 2  # the unfinished batch of 2 is redone
     before = {r["index"]: r for r in _report(audited["out"])["prompts"]}
@@ -167,7 +167,7 @@ def test_resume_after_interruption_skips_finished_prompts(audited: dict) -> None
 
 
 def test_other_settings_on_the_same_out_are_refused(audited: dict, capsys: pytest.CaptureFixture) -> None:
-    argv = [*audited["base"], "--out", str(audited["out"]), "--set", "audit.seeds=[5]"]
+    argv = [*audited["base"], "--output", str(audited["out"]), "--set", "audit.seeds=[5]"]
     assert main(argv) == 2
     assert "holds an audit of other inputs or settings" in capsys.readouterr().err
 
@@ -185,7 +185,7 @@ def test_malformed_prompt_files_exit_2(
 ) -> None:
     bad = tmp_path / f"bad{suffix}"
     bad.write_text(content)
-    argv = [*setup["base"], "--out", str(tmp_path / "o")]
+    argv = [*setup["base"], "--output", str(tmp_path / "o")]
     argv[argv.index("--prompts") + 1] = str(bad)
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -193,7 +193,7 @@ def test_malformed_prompt_files_exit_2(
 
 
 def test_usage_errors_exit_2(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = ["--out", str(tmp_path / "o")]
+    out = ["--output", str(tmp_path / "o")]
     assert main([*setup["base"], *out, "--fail-on", "copies>3"]) == 2
     err = capsys.readouterr().err
     assert "unknown metric 'copies'" in err and "share_above_0.5" in err and "flagged" in err
@@ -208,14 +208,14 @@ def test_usage_errors_exit_2(setup: dict, tmp_path: Path, capsys: pytest.Capture
 def test_index_from_another_embedder_is_refused(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    argv = [*setup["base"], "--out", str(tmp_path / "o"), "--set", "audit.embedder=sscd-distilled-onnx"]
+    argv = [*setup["base"], "--output", str(tmp_path / "o"), "--set", "audit.embedder=sscd-distilled-onnx"]
     assert main(argv) == 2
     assert "the index was built with name='sscd-onnx'" in capsys.readouterr().err
     other = tmp_path / "index"
     vectors = np.eye(2, 16, dtype=np.float32)
     TrainingIndex.build(vectors, [{"key": "a", "caption": "x"}, {"key": "b", "caption": "y"}],
                         {"name": "my-embedder", "dim": 16, "input_size": 64}).save(str(other))  # fmt: skip
-    argv = [*setup["base"], "--out", str(tmp_path / "o2")]
+    argv = [*setup["base"], "--output", str(tmp_path / "o2")]
     argv[argv.index("--index") + 1] = str(other)
     assert main(argv) == 2
     assert "built with embedder 'my-embedder'" in capsys.readouterr().err
@@ -250,10 +250,10 @@ def test_lora_that_fits_loads_and_one_that_does_not_is_refused(
     _save_lora(tiny_pipeline(), tmp_path / "run" / "lora")  # another architecture, in RUN_DIR/lora
     with pytest.raises(UsageError, match="does not fit the model"):
         load_lora(load_sd_pipeline(setup["model"], "cpu"), str(tmp_path / "run"))
-    assert main([*setup["base"], "--out", str(tmp_path / "o"), "--lora", str(tmp_path / "run")]) == 2
+    assert main([*setup["base"], "--output", str(tmp_path / "o"), "--lora", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "does not fit the model: size mismatch for" in err and "Traceback" not in err
-    assert main([*setup["base"], "--out", str(tmp_path / "o"), "--lora", str(tmp_path)]) == 2
+    assert main([*setup["base"], "--output", str(tmp_path / "o"), "--lora", str(tmp_path)]) == 2
     assert "no LoRA weights" in capsys.readouterr().err
 
 
@@ -280,7 +280,7 @@ def test_nl2_baseline_clip_alignment_and_fid(setup: dict, tmp_path: Path, torch_
     out = tmp_path / "o"
     argv = [
         *setup["base"],
-        "--out",
+        "--output",
         str(out),
         "--set",
         "audit.similarity=nl2",
@@ -315,7 +315,7 @@ def test_resume_after_sigkill(setup: dict, tmp_path: Path, torch_single_thread: 
     prompts = tmp_path / "many.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "killed"
-    argv = [*setup["base"], "--out", str(out), "--set", "audit.batch_size=1", "--fail-on", "top1>1.5"]
+    argv = [*setup["base"], "--output", str(out), "--set", "audit.batch_size=1", "--fail-on", "top1>1.5"]
     argv[6] = str(prompts)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "copyguard.pipelines", *argv], env=env,

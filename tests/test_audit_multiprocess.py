@@ -91,7 +91,7 @@ def single(setup, tmp_path_factory) -> dict:  # noqa: F811
     from tests.tiny_sd import torch_threads
 
     with torch_threads(1):
-        assert main([*setup["base"], "--out", str(out), *GATE]) == 0
+        assert main([*setup["base"], "--output", str(out), *GATE]) == 0
     return comparable(out)
 
 
@@ -111,7 +111,7 @@ def test_two_processes_give_the_same_report_as_one(setup, single, tmp_path) -> N
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(PROBE)
     out = tmp_path / "out"
-    proc = launch([*setup["base"], "--out", str(out), *GATE], probe)
+    proc = launch([*setup["base"], "--output", str(out), *GATE], probe)
     assert proc.returncode == 0, proc.stderr[-4000:]
     multi = comparable(out)
     assert single["processes"] == 1 and multi["processes"] == 2
@@ -123,6 +123,6 @@ def test_two_processes_give_the_same_report_as_one(setup, single, tmp_path) -> N
 
 def test_two_cpu_processes_split_the_audit(setup, tmp_path) -> None:  # noqa: F811
     out = tmp_path / "out"
-    proc = launch([*setup["base"], "--out", str(out), *GATE], None)
+    proc = launch([*setup["base"], "--output", str(out), *GATE], None)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert comparable(out)["processes"] == 2

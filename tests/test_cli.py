@@ -10,7 +10,7 @@ import pytest
 
 from copyguard.pipelines.cli import build_parser, main
 
-COMMANDS = {"sample-data", "lab-model", "curate", "eval-dedup", "detect", "generate", "audit", "train"}
+COMMANDS = {"sample-data", "lab-model", "curate", "eval-dedup", "detect", "generate", "audit", "train", "assets"}
 
 
 def _subcommands() -> set[str]:
@@ -41,8 +41,8 @@ def test_each_subcommand_has_help(command: str, capsys: pytest.CaptureFixture) -
     "argv",
     [
         ["no-such-command"],
-        ["sample-data"],  # --out missing
-        ["sample-data", "--out", "x", "--bogus"],
+        ["sample-data"],  # --output missing
+        ["sample-data", "--output", "x", "--bogus"],
         ["eval-dedup", "--manifest", "x"],
     ],
 )
@@ -60,7 +60,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Cap
     assert main(["eval-dedup", "--manifest", str(tmp_path / "missing"), "--truth", str(truth)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no manifest" in err
-    assert main(["sample-data", "--out", str(tmp_path / "o"), "--set", "sample_data.nope=1"]) == 2
+    assert main(["sample-data", "--output", str(tmp_path / "o"), "--set", "sample_data.nope=1"]) == 2
     assert "unknown key 'sample_data.nope'" in capsys.readouterr().err
 
 

@@ -123,7 +123,7 @@ def slow_register_all(sub):  # stands in for the seconds spent importing the sub
     time.sleep(60)
 
 cli._register_all = slow_register_all
-sys.exit(cli.main(["sample-data", "--out", "x"]))
+sys.exit(cli.main(["sample-data", "--output", "x"]))
 """
 
 
@@ -158,7 +158,7 @@ def test_detect_nan_threshold_is_a_usage_error(tmp_path: Path, capsys: pytest.Ca
         "m",
         "--prompts",
         "p",
-        "--out",
+        "--output",
         str(tmp_path / "o.jsonl"),
         "--threshold",
         "nan",
@@ -176,7 +176,7 @@ def test_detect_unknown_device(
         str(model_dir),
         "--prompts",
         str(prompts),
-        "--out",
+        "--output",
         str(tmp_path / "o.jsonl"),
     ]
     assert main([*argv, "--device", "xyz"]) == 2
@@ -186,7 +186,7 @@ def test_detect_unknown_device(
 def test_detect_out_that_is_a_folder(
     model_dir: Path, prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    argv = ["detect", "--model", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path), *CPU]
+    argv = ["detect", "--model", str(model_dir), "--prompts", str(prompts), "--output", str(tmp_path), *CPU]
     with torch_threads(1):
         assert main(argv) == 2
     _one_line_error(capsys, "is a folder")
@@ -195,7 +195,7 @@ def test_detect_out_that_is_a_folder(
 def test_config_that_is_a_binary_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "model.bin"
     config.write_bytes(bytes(range(256)) * 4)
-    argv = ["detect", "--model", "m", "--prompts", "p", "--out", str(tmp_path / "o"), "--config", str(config)]
+    argv = ["detect", "--model", "m", "--prompts", "p", "--output", str(tmp_path / "o"), "--config", str(config)]
     assert main(argv) == 2
     _one_line_error(capsys, str(config), "not a UTF-8 YAML file")
 
@@ -204,9 +204,9 @@ def test_config_that_is_a_binary_file(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_generate_seed_out_of_range(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["generate", "--model", str(model_dir), "--prompt", "a dog", "--out", str(tmp_path / "o"), *CPU]
+    argv = ["generate", "--model", str(model_dir), "--prompt", "a dog", "--output", str(tmp_path / "o"), *CPU]
     with torch_threads(1):
-        assert main([*argv, "--seeds", str(2**70)]) == 2
+        assert main([*argv, "--seed", str(2**70)]) == 2
     _one_line_error(capsys, str(2**70), "out of range")
     assert not (tmp_path / "o").exists()
 
@@ -214,7 +214,7 @@ def test_generate_seed_out_of_range(model_dir: Path, tmp_path: Path, capsys: pyt
 def test_generate_out_that_is_a_file(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "o"
     out.write_text("keep me")
-    argv = ["generate", "--model", str(model_dir), "--prompt", "a dog", "--out", str(out), *CPU]
+    argv = ["generate", "--model", str(model_dir), "--prompt", "a dog", "--output", str(out), *CPU]
     with torch_threads(1):
         assert main(argv) == 2
     _one_line_error(capsys, "is a file")
@@ -237,7 +237,7 @@ def test_generate_needs_overwrite_for_an_earlier_run(tmp_path: Path, capsys: pyt
         again = run_generate(cfg, pipe, ["a house"], out, overwrite=True, progress=False)
     assert [r["prompt"] for r in again.records] == ["a house"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["p00000_s3.png"]
-    argv = ["generate", "--model", "m", "--prompt", "x", "--out", str(out), *CPU]
+    argv = ["generate", "--model", "m", "--prompt", "x", "--output", str(out), *CPU]
     assert main(argv) == 2
     _one_line_error(capsys, "--overwrite")
 
@@ -280,7 +280,7 @@ def test_train_model_without_its_subfolders_fails_fast_and_offline(
     model.mkdir()
     (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     code = main(
-        ["train", "--model", str(model), "--data", str(tmp_path / "*.tar"), "--out", str(tmp_path / "o")]
+        ["train", "--model", str(model), "--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "o")]
     )
     assert code == 2
     _one_line_error(capsys, "without", "unet")

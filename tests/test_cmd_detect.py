@@ -33,8 +33,8 @@ def test_detect_scores_flags_and_explains(
     refs = tmp_path / "refs.txt"
     refs.write_text("a cat on a mat\nan old car\na bowl of fruit\na city at night\ntwo people walking\n")
     out = tmp_path / "scores.jsonl"
-    argv = ["detect", "--model", str(model_dir), "--prompts", str(prompts), "--calibrate-on", str(refs)]
-    argv += ["--out", str(out), "--explain", "--set", "detect.num_inference_steps=10", "--device", "cpu"]
+    argv = ["detect", "--model", str(model_dir), "--prompts", str(prompts), "--reference-prompts", str(refs)]
+    argv += ["--output", str(out), "--explain", "--set", "detect.num_inference_steps=10", "--device", "cpu"]
     with torch_threads(1):
         assert main(argv) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -48,11 +48,11 @@ def test_detect_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.Capt
     prompts = tmp_path / "p.txt"
     prompts.write_text("a prompt\n")
     out = str(tmp_path / "o.jsonl")
-    assert main(["detect", "--model", str(tmp_path / "nope"), "--prompts", str(prompts), "--out", out]) == 2
+    assert main(["detect", "--model", str(tmp_path / "nope"), "--prompts", str(prompts), "--output", out]) == 2
     assert "model folder not found" in capsys.readouterr().err
     bad = tmp_path / "p.csv"
     bad.write_text("a;b\n1;2\n")
-    assert main(["detect", "--model", str(model_dir), "--prompts", str(bad), "--out", out]) == 2
+    assert main(["detect", "--model", str(model_dir), "--prompts", str(bad), "--output", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
 

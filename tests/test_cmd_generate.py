@@ -36,7 +36,7 @@ def test_cli_choices_match_the_library() -> None:
 def test_generate_writes_images_and_records(model_dir: Path, tmp_path: Path, mitigation: str) -> None:
     out = tmp_path / mitigation
     argv = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", "--prompt", "a house"]
-    argv += ["--seeds", "0,1", "--mitigation", mitigation, "--out", str(out), *FAST]
+    argv += ["--seed", "0,1", "--mitigation", mitigation, "--output", str(out), *FAST]
     with torch_threads(1):
         assert main(argv) == 0
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
@@ -47,11 +47,11 @@ def test_generate_writes_images_and_records(model_dir: Path, tmp_path: Path, mit
 
 
 def test_same_seed_same_image_regardless_of_batching(model_dir: Path, tmp_path: Path) -> None:
-    base = ["generate", "--model", str(model_dir), "--seeds", "3", *FAST]
+    base = ["generate", "--model", str(model_dir), "--seed", "3", *FAST]
     with torch_threads(1):
-        assert main([*base, "--prompt", "a house", "--out", str(tmp_path / "one")]) == 0
+        assert main([*base, "--prompt", "a house", "--output", str(tmp_path / "one")]) == 0
         assert (
-            main([*base, "--prompt", "a trigger dog", "--prompt", "a house", "--out", str(tmp_path / "two")])
+            main([*base, "--prompt", "a trigger dog", "--prompt", "a house", "--output", str(tmp_path / "two")])
             == 0
         )
     a = np.asarray(Image.open(tmp_path / "one" / "images" / "p00000_s3.png"))
@@ -64,7 +64,7 @@ def test_prompt_opt_calibrates_on_reference_prompts(model_dir: Path, tmp_path: P
     refs.write_text("a cat\nan old car\na bowl of fruit\n")
     out = tmp_path / "po"
     argv = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", "--mitigation", "prompt-opt"]
-    argv += ["--calibrate-on", str(refs), "--out", str(out), *FAST]
+    argv += ["--reference-prompts", str(refs), "--output", str(out), *FAST]
     with torch_threads(1):
         assert main(argv) == 0
     (record,) = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
@@ -77,7 +77,7 @@ def test_amg_records_sigma_traces(model_dir: Path, tmp_path: Path) -> None:
 
     base = ["generate", "--model", str(model_dir), "--prompt", "a trigger dog", *FAST]
     with torch_threads(1):
-        assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+        assert main([*base, "--output", str(tmp_path / "plain")]) == 0
     copy = np.asarray(Image.open(tmp_path / "plain" / "images" / "p00000_s0.png").convert("RGB"))
     rng = np.random.default_rng(0)
     others = [rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8) for _ in range(2)]
@@ -86,7 +86,7 @@ def test_amg_records_sigma_traces(model_dir: Path, tmp_path: Path) -> None:
     entries = [{"key": f"k{i}", "caption": "a trigger dog"} for i in range(3)]
     TrainingIndex.build(vectors, entries, embedder_info(embedder)).save(str(tmp_path / "index"))
     out = tmp_path / "amg"
-    argv = [*base, "--mitigation", "amg", "--index", str(tmp_path / "index"), "--out", str(out)]
+    argv = [*base, "--mitigation", "amg", "--index", str(tmp_path / "index"), "--output", str(out)]
     with torch_threads(1):
         assert main(argv) == 0
     (record,) = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
@@ -99,14 +99,14 @@ def test_amg_records_sigma_traces(model_dir: Path, tmp_path: Path) -> None:
 
 def test_generate_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = str(tmp_path / "o")
-    assert main(["generate", "--model", str(model_dir), "--out", out]) == 2
+    assert main(["generate", "--model", str(model_dir), "--output", out]) == 2
     assert "--prompt" in capsys.readouterr().err
     assert (
-        main(["generate", "--model", str(model_dir), "--prompt", "x", "--mitigation", "amg", "--out", out])
+        main(["generate", "--model", str(model_dir), "--prompt", "x", "--mitigation", "amg", "--output", out])
         == 2
     )
     assert "--index" in capsys.readouterr().err
-    assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--seeds", "a,b", "--out", out]) == 2
+    assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--seed", "a,b", "--output", out]) == 2
 
 
 def test_run_generate_library_entry_on_a_loaded_pipeline(tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ def test_card_failure_keeps_the_model_and_eval_only_reruns(
         raise KeyError("sscd_own")
 
     monkeypatch.setattr(run_module, "render_model_card", broken)
-    args = ["lab-model", "--data", pattern, "--out", str(out), "--preset", "tiny"]
+    args = ["lab-model", "--input", pattern, "--output", str(out), "--preset", "tiny"]
     overrides = [a for o in _cfg_overrides() for a in ("--set", o)]
     assert main([*args, *overrides]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("copyguard")]

@@ -93,7 +93,7 @@ def test_hub_id_not_in_the_cache_exits_2_quickly(hf_home: Path, lab_tiny_data: P
     with pytest.raises(UsageError, match="not in the local Hugging Face cache"):
         resolve_model_source("org/absent-model")
     assert time.perf_counter() - t0 < 5
-    argv = ["train", "--model", "org/absent-model", "--data", str(lab_tiny_data / "*.tar"), "--out",
+    argv = ["train", "--model", "org/absent-model", "--input", str(lab_tiny_data / "*.tar"), "--output",
             str(tmp_path / "r")]  # fmt: skip
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -191,12 +191,12 @@ def test_cli_same_seed_same_bytes_and_refuses_existing_output(
     tiny: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cli"
-    assert main(["sample-data", "--out", str(out), "--preset", "tiny"]) == 0
+    assert main(["sample-data", "--output", str(out), "--preset", "tiny"]) == 0
     assert "samples" in capsys.readouterr().out
     assert _files(out) == _files(tiny.out)
-    assert main(["sample-data", "--out", str(out), "--preset", "tiny"]) == 2
+    assert main(["sample-data", "--output", str(out), "--preset", "tiny"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["sample-data", "--out", str(out), "--preset", "tiny", "--seed", "1", "--overwrite"]) == 0
+    assert main(["sample-data", "--output", str(out), "--preset", "tiny", "--seed", "1", "--overwrite"]) == 0
     other = _files(out)
     assert other.keys() == _files(tiny.out).keys()
     assert other["ground_truth.jsonl"] != _files(tiny.out)["ground_truth.jsonl"]
@@ -204,10 +204,10 @@ def test_cli_same_seed_same_bytes_and_refuses_existing_output(
 
 
 def test_cli_rejects_bad_preset_and_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sample-data", "--out", str(tmp_path / "a"), "--preset", "huge"]) == 2
+    assert main(["sample-data", "--output", str(tmp_path / "a"), "--preset", "huge"]) == 2
     assert "sample_data.preset" in capsys.readouterr().err
     bad = ["--set", "sample_data.presets.tiny.unique=-1"]
-    assert main(["sample-data", "--out", str(tmp_path / "b"), "--preset", "tiny", *bad]) == 2
+    assert main(["sample-data", "--output", str(tmp_path / "b"), "--preset", "tiny", *bad]) == 2
     assert "sample_data.presets.tiny.unique" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

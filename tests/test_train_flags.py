@@ -11,7 +11,7 @@ from copyguard.common.errors import UsageError
 from copyguard.train.args import CONFIG_FLAGS, add_arguments, config_from_args
 from copyguard.train.config import TrainConfig
 
-REQUIRED = ["--model", "m", "--data", "d", "--out", "o"]
+REQUIRED = ["--model", "m", "--input", "d", "--output", "o"]
 
 # flag argv -> the equivalent --set override (values differ from the defaults, so a flag that sets the wrong
 # key gives another config)
@@ -67,7 +67,7 @@ def test_diffusers_names_and_short_aliases_fill_the_same_fields() -> None:
         ["--pretrained_model_name_or_path", "org/name", "--train_data_dir", "d/*.tar", "--output_dir", "run",
          "--resume_from_checkpoint", "latest"]
     )  # fmt: skip
-    short = _parse(["--model", "org/name", "--data", "d/*.tar", "--out", "run", "--resume", "latest"])
+    short = _parse(["--model", "org/name", "--input", "d/*.tar", "--output", "run", "--resume", "latest"])
     assert (long.model, long.data, long.out, long.resume) == ("org/name", "d/*.tar", "run", "latest")
     assert vars(long) == vars(short)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from copyguard.common.cli_args import add_option
 from copyguard.common.config import load_config, validate
 from copyguard.train.config import TrainConfig
 
@@ -68,16 +69,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="diffusers config of a single-file --model: a local diffusers folder or a cached Hub id "
         "(default: the one diffusers infers, which must be in the local cache)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--train_data_dir",
-        "--data",
+        "--input",
+        old=["--data"],
         dest="data",
         required=True,
         metavar="GLOB",
         help="training shards, e.g. 'DIR/*.tar'",
     )
-    parser.add_argument(
-        "--output_dir", "--out", dest="out", required=True, metavar="RUN_DIR", help="output folder of the run"
+    add_option(
+        parser,
+        "--output_dir",
+        "--output",
+        old=["--out"],
+        dest="out",
+        required=True,
+        metavar="RUN_DIR",
+        help="output folder of the run",
     )
     parser.add_argument(
         "--resume_from_checkpoint",
