@@ -111,15 +111,33 @@ def _dup_captions(
     return {g: (text[(g, c)], n) for g, (n, c) in best.items()}
 
 
-def _top_members(summary: dict[str, Any], decisions, captions: dict[str, str], per_group: int) -> None:
-    members: dict[tuple[str, str], list[str]] = {}
+def _top_members(
+    summary: dict[str, Any],
+    decisions,
+    captions: dict[str, str],
+    per_group: int,
+    similarity: dict[tuple[str, str], float],
+) -> None:
+    """The members shown for each of the largest groups: the kept one first (``kept``: true; the group's
+    ``kept`` names it), then the others by key, each image-group member with its SSCD ``similarity`` to the
+    kept one where the two share an edge (1 for the kept one itself)."""
+    members: dict[tuple[str, str], list[Any]] = {}
     for d in decisions:
-        members.setdefault(("image", d.image_group), []).append(d.key)
-        members.setdefault(("caption", d.caption_group), []).append(d.key)
+        members.setdefault(("image", d.image_group), []).append(d)
+        members.setdefault(("caption", d.caption_group), []).append(d)
     for kind in ("image", "caption"):
         for group in summary.get(f"top_{kind}_groups", []):
-            keys = sorted(members.get((kind, group["group"]), []))[:per_group]
-            group["members"] = [{"key": k, "caption": captions[k]} for k in keys]
+            ds = sorted(members.get((kind, group["group"]), []), key=lambda d: (d.status != KEPT, d.key))
+            kept = next((d.key for d in ds if d.status == KEPT), None)
+            group["kept"] = kept
+            shown = []
+            for d in ds[:per_group]:
+                row: dict[str, Any] = {"key": d.key, "caption": captions[d.key], "kept": d.status == KEPT}
+                if kind == "image" and kept is not None:
+                    pair = (min(d.key, kept), max(d.key, kept))
+                    row["similarity"] = 1.0 if d.key == kept else similarity.get(pair)
+                shown.append(row)
+            group["members"] = shown
 
 
 def decide_component(
@@ -184,7 +202,10 @@ def decide_component(
         if d.status == KEPT:
             result.entries.append((m.partition, entry))
     summary = summarize(new, cfg.report.top_groups)
-    _top_members(summary, new, {m.key: m.caption for m in members}, cfg.report.thumbnails_per_group)
+    similarity = {(min(a, b), max(a, b)): round(float(sim), 4) for a, b, sim in edges}
+    _top_members(
+        summary, new, {m.key: m.caption for m in members}, cfg.report.thumbnails_per_group, similarity
+    )
     summary["reference_excluded"] = dropped_refs
     result.summary = summary
     return result

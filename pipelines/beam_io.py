@@ -17,6 +17,7 @@ from copyguard.common.errors import UsageError
 from copyguard.curation.config import CurateConfig
 from copyguard.curation.records import Rejection, RejectReason, Sample
 from copyguard.curation.shards import read_shard, shard_key
+from copyguard.pipelines.progress import Progress
 
 __all__ = ["BeamFileOps", "ReadShards", "io_limits", "match_inputs", "REJECTED"]
 
@@ -80,6 +81,7 @@ class _ReadShardFn(beam.DoFn):
     def __init__(self, max_pixels: int, limits: dict[str, int]) -> None:
         self.max_pixels = max_pixels
         self.limits = limits
+        self.read, self.rejected = Progress("samples_read"), Progress("samples_rejected")
 
     def process(self, path: str):
         try:
@@ -92,8 +94,10 @@ class _ReadShardFn(beam.DoFn):
         with stream:
             for record in read_shard(stream, path, self.max_pixels, **self.limits):
                 if isinstance(record, Sample):
+                    self.read.add()
                     yield record
                 else:
+                    self.rejected.add()
                     yield beam.pvalue.TaggedOutput(REJECTED, record)
 
 

@@ -17,8 +17,10 @@ result equals an uninterrupted run) or ``--overwrite``; ``load_index`` refuses i
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +42,7 @@ from copyguard.pipelines.curate_args import add_arguments, check_beam_options, j
 # The job's graph (partitioned image search, components, policy per component, sharded index), in its
 # own module: build_pipeline(p, inputs, output, cfg, reference=None, exclude_keys=None).
 from copyguard.pipelines.curate_graph import build_curation_graph as build_pipeline
+from copyguard.pipelines.progress import log_totals
 
 __all__ = ["build_pipeline", "make_pipeline", "run", "run_curation"]
 
@@ -186,9 +189,22 @@ def run_curation(
     _prepare_output(output, overwrite, resume=True)  # checked above; the _INCOMPLETE now there is this run's
     log.info("curating %d shard(s) into %s", len(shards), output)
     started = time.perf_counter()
-    build_pipeline(p, shards, output, config, reference, exclude_keys=exclude_keys)
+    run = {
+        "copyguard": _version(),
+        "started": _now(),
+        "inputs": patterns,
+        "input_shards": len(shards),
+        "output": output,
+        "reference": reference,
+        "exclude_keys": exclude_keys,
+        "runner": _runner(beam_options, test_pipeline),
+        "python": platform.python_version(),
+        "apache_beam": beam.__version__,
+    }
+    build_pipeline(p, shards, output, config, reference, exclude_keys=exclude_keys, run=run)
     result = p.run()
     result.wait_until_finish()
+    log_totals(result)
     if not fs.exists(fs.join(output, "report.json")):
         raise RuntimeError(f"the pipeline finished without writing {fs.join(output, 'report.json')}")
     report = _read_report(output)
@@ -199,7 +215,39 @@ def run_curation(
         report["by_status"],
         "holds" if report["invariant_holds"] else "BROKEN",
     )
+    for name, what in OUTPUTS.items():
+        if fs.exists(fs.join(output, name)):
+            log.info("%-12s %s", what, fs.join(output, name))
     return report
+
+
+OUTPUTS = {  # what the job leaves in OUTPUT, as listed at its end
+    "report.html": "report",
+    "report.json": "report JSON",
+    "manifest": "manifest",
+    "shards": "clean shards",
+    "index": "index",
+}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("copyguard")
+    except importlib.metadata.PackageNotFoundError:  # a checkout that is not installed
+        return "0+unknown"
+
+
+def _runner(beam_options: Sequence[str], test_pipeline: beam.Pipeline | None) -> str:
+    """The Beam runner's name as given (``--runner X`` / ``--runner=X``), else DirectRunner."""
+    if test_pipeline is not None:
+        return type(test_pipeline.runner).__name__
+    args = list(beam_options)
+    for i, arg in enumerate(args):
+        if arg == "--runner" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+    return "DirectRunner"
 
 
 def _now() -> str:

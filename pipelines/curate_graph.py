@@ -12,7 +12,9 @@ from __future__ import annotations
 import apache_beam as beam
 
 from copyguard.curation.config import CurateConfig
+from copyguard.curation.curate_report import REJECTED_SHOWN
 from copyguard.curation.embedders import embedder_info, load_embedder
+from copyguard.curation.manifest import rejection_row
 from copyguard.pipelines.beam_connected_components import ConnectedComponents
 from copyguard.pipelines.beam_io import BeamFileOps, ReadShards, io_limits
 from copyguard.pipelines.curate_steps import (
@@ -67,8 +69,10 @@ def build_curation_graph(
     cfg: CurateConfig,
     reference: str | None = None,
     exclude_keys: str | None = None,
+    run: dict | None = None,
 ) -> None:
-    """Add the curation job to pipeline ``p``: read, embed, :func:`curate_lights`, write shards and report."""
+    """Add the curation job to pipeline ``p``: read, embed, :func:`curate_lights`, write shards and report
+    (``run``: the run facts shown in the report: inputs, output, version, start time...)."""
     embedder = embedder_info(
         load_embedder(cfg.images.embedder, path=cfg.images.embedder_path, input_size=cfg.images.input_size)
     )
@@ -98,13 +102,19 @@ def build_curation_graph(
     totals = counts | "AddCounts" >> beam.CombineGlobally(_add_counters)
     n_samples = read.samples | "CountSamples" >> beam.combiners.Count.Globally()
     n_rejected = read.rejected | "CountRejected" >> beam.combiners.Count.Globally()
+    first_rejected = (  # a bounded list (the report shows these; the manifest holds every rejection)
+        rejections
+        | "RejectionRows" >> beam.Map(lambda r: {k: v for k, v in rejection_row(r).items() if v is not None})
+        | "FirstRejections"
+        >> beam.combiners.Top.Smallest(REJECTED_SHOWN, key=lambda r: (r["shard"], r["key"]))
+    )
     (
         p
         | "Finish" >> beam.Create([None])
         | "WriteReport"
         >> beam.Map(
-            lambda _, a, b, totals, summary, thumbs, info: write_report(
-                _, output, a + b, [totals], [summary], thumbs, cfg, info, ref_entries
+            lambda _, a, b, totals, summary, thumbs, info, rejected: write_report(
+                _, output, a + b, [totals], [summary], thumbs, cfg, info, ref_entries, rejected, run
             ),
             a=beam.pvalue.AsSingleton(n_samples),
             b=beam.pvalue.AsSingleton(n_rejected),
@@ -112,6 +122,7 @@ def build_curation_graph(
             summary=beam.pvalue.AsSingleton(summary),
             thumbs=beam.pvalue.AsList(thumbs),
             info=beam.pvalue.AsSingleton(index_info),
+            rejected=beam.pvalue.AsSingleton(first_rejected),
         )
     )
 

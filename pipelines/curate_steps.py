@@ -39,6 +39,7 @@ from copyguard.curation.manifest import rejection_row, write_manifest
 from copyguard.curation.records import Sample
 from copyguard.curation.shards import ShardWriter, read_shard
 from copyguard.pipelines.beam_io import BeamFileOps, io_limits
+from copyguard.pipelines.progress import Progress
 
 __all__ = [
     "ENTRIES",
@@ -95,7 +96,8 @@ def route_to_component(item: tuple[str, dict[str, list]]):
     key, joined = item
     members = list(joined["member"])
     if not members:
-        return  # an excluded key that is not an input
+        # an excluded key that is not an input
+        return
     member, excluded = members[0], bool(list(joined["excluded"]))
     labels, image, caption = list(joined["label"]), list(joined["image"]), list(joined["caption"])
     if not (labels or image or caption):
@@ -122,6 +124,7 @@ class DecideComponent(beam.DoFn):
 
     def __init__(self, cfg: CurateConfig) -> None:
         self.cfg = cfg
+        self.progress = Progress("components_decided")
 
     def process(self, item: tuple[str, Iterable[tuple]]):
         _, parts = item
@@ -136,6 +139,7 @@ class DecideComponent(beam.DoFn):
             else:
                 caption.append(part[1])
         result = decide_component(members, image, caption, self.cfg, excluded)
+        self.progress.add()
         yield from _emit(result)
         yield beam.pvalue.TaggedOutput(SUMMARY, result.summary)
 
@@ -145,7 +149,8 @@ def decide_single(item: tuple[Member, bool], cfg: CurateConfig):
     sample without edges changes nothing. Outputs as :class:`DecideComponent`'s, ``SINGLE`` counts."""
     member, excluded = item
     if member.reference and not excluded:
-        return  # an earlier run's entry that nothing new touches: its shard is copied as it is
+        # an earlier run's entry that nothing new touches: its shard is copied as it is
+        return
     if excluded:
         result = decide_component([member], [], [], cfg, {member.key} if excluded else ())
         yield from _emit(result)
@@ -273,6 +278,8 @@ def write_report(
     cfg: CurateConfig,
     index_info: dict | None = None,
     reference_entries: int = 0,
+    rejected_samples: list[dict] | None = None,
+    run: dict | None = None,
 ) -> dict:
     """Totals, the accounting invariant, report.json and report.html. Raises when samples went missing."""
     fs = BeamFileOps()
@@ -298,6 +305,10 @@ def write_report(
         "by_reason": dict(sorted(by_reason.items())),
         "summary": summary,
         "config": cfg.model_dump(mode="json"),
+        "rejected_samples": list(rejected_samples or []),
+        "rejected_total": by_status.get("rejected", 0),
+        "manifest": fs.join(output, "manifest", "*.parquet"),
+        "run": run or {},
     }
     thumbs_by_key = dict(thumbs)
     atomic_write(fs.join(output, "report.json"), json.dumps(report, indent=2, sort_keys=True), fs)

@@ -28,6 +28,7 @@ from copyguard.curation.config import CurateConfig, MinHashConfig
 from copyguard.curation.records import Rejection, RejectReason
 from copyguard.pipelines.beam_connected_components import ConnectedComponents
 from copyguard.pipelines.embed_handler import EmbedderModelHandler
+from copyguard.pipelines.progress import Progress
 
 __all__ = ["EmbeddedSample", "EmbedImages", "UniqueKeys", "CaptionEdges", "CaptionComponents", "REJECTED"]
 
@@ -49,9 +50,18 @@ class EmbeddedSample:
     reference: bool = False  # an entry of an earlier run's index (incremental curation)
 
 
-def _to_embedded(item: tuple[tuple[str, str, str, int, int], Any]) -> EmbeddedSample:
-    (key, shard, caption, width, height), result = item
-    return EmbeddedSample(key, shard, caption, width, height, np.asarray(result.inference, dtype=np.float32))
+class _ToEmbedded(beam.DoFn):
+    """``((key, shard, caption, width, height), PredictionResult)`` -> :class:`EmbeddedSample` (counted)."""
+
+    def __init__(self) -> None:
+        self.progress = Progress("images_embedded")
+
+    def process(self, item: tuple[tuple[str, str, str, int, int], Any]):
+        (key, shard, caption, width, height), result = item
+        self.progress.add()
+        yield EmbeddedSample(
+            key, shard, caption, width, height, np.asarray(result.inference, dtype=np.float32)
+        )
 
 
 class EmbedImages(beam.PTransform):
@@ -67,7 +77,7 @@ class EmbedImages(beam.PTransform):
             samples
             | "KeyByMeta" >> beam.Map(lambda s: ((s.key, s.shard, s.caption, s.width, s.height), s.image))
             | "RunEmbedder" >> RunInference(handler)
-            | "ToEmbeddedSample" >> beam.Map(_to_embedded)
+            | "ToEmbeddedSample" >> beam.ParDo(_ToEmbedded())
         )
 
 

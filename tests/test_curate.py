@@ -104,6 +104,10 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "out": out, "expected": expected, "report": report, "rows": _rows(out)}
 
 
+def _section_text(html: str, title: str) -> str:
+    return html.split(f"<h2>{title}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
 def _bytes(path: Path) -> bytes | None:
     return None if path.is_dir() else path.read_bytes()
 
@@ -184,7 +188,24 @@ def test_report_is_escaped_and_complete(job: dict) -> None:
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html
     assert "data:image/jpeg;base64," in html  # thumbnails of the largest duplicate group
     report = json.loads((job["out"] / "report.json").read_text())
-    assert report["summary"]["top_image_groups"][0]["group"] == "a0"
+    top = report["summary"]["top_image_groups"][0]
+    assert top["group"] == "a0"
+    # the kept representative is marked and listed first; the others carry their similarity to it
+    decided = {r["key"]: r for r in job["rows"] if r["status"] != "rejected"}
+    kept = [decided[m["key"]] for m in top["members"] if m["kept"]]
+    assert len(kept) == 1 and kept[0]["status"] == "kept" and top["members"][0]["kept"]
+    assert top["kept"] == top["members"][0]["key"] and top["members"][0]["similarity"] == 1.0
+    for m in top["members"][1:]:
+        assert decided[m["key"]]["status"] == "duplicate" and 0.5 < m["similarity"] <= 1.0
+    # every listed rejection is a real one with its reason; the manifest holds them all
+    rejected = [(r["key"], r["reason"]) for r in job["rows"] if r["status"] == "rejected"]
+    listed = report["rejected_samples"]
+    assert report["rejected_total"] == len(rejected) and len(listed) == min(len(rejected), 50)
+    assert all((r["key"], r["reason"]) in rejected for r in listed)
+    assert {"x_corrupt", "x_big"} <= {r["key"] for r in listed}
+    assert report["run"]["inputs"].endswith("*.tar") and report["run"]["output"] == str(job["out"])
+    assert report["run"]["copyguard"] and report["run"]["started"]
+    assert "x_corrupt" in _section_text(html, "Rejected samples") and "sim " in html
 
 
 def test_rerun_and_multiprocessing_give_identical_outputs(job: dict) -> None:
