@@ -1,12 +1,14 @@
-"""The audit's work: detect, explain, generate, measure (``copyguard audit``; Wen et al., ICLR 2024; Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023).
+"""The audit's work: detect, explain, generate, measure (``copyguard audit``).
 
-1. Detection (§2) scores every prompt at the first step; the threshold comes from ``audit.detect_threshold``,
-   the reference prompts (``detect.target_fpr``) or the documented default (see :class:`copyguard.mitigation.config.AuditConfig`).
-2. Token attribution (§3) for every flagged prompt.
+1. Detection (Wen et al., ICLR 2024) scores every prompt at the first step; the threshold comes from
+   ``audit.detect_threshold``, the reference prompts (``detect.target_fpr``) or the documented default (see
+   :class:`copyguard.mitigation.config.AuditConfig`).
+2. Token attribution (Wen et al., ICLR 2024) for every flagged prompt.
 3. ``seeds`` generations per prompt without mitigation and with each mitigation; each image's nearest
    training image through the index and its SSCD cosine (or pixel nL2 against the training shards).
-4. §7 metrics overall and per prompt group, FID against real images, CLIP alignment when configured,
-   detection AUC when the prompt file has labels (:func:`copyguard.mitigation.audit_metrics.compute_metrics`).
+4. Memorization metrics (Chen et al., CVPR 2024; Somepalli et al., NeurIPS 2023) overall and per prompt group,
+   FID against real images, CLIP alignment when configured, detection AUC when the prompt file has labels
+   (:func:`copyguard.mitigation.audit_metrics.compute_metrics`).
 
 Results are written as they come: one JSON line per finished prompt in ``AUDIT_DIR/results[.RANK].jsonl``
 (images under ``AUDIT_DIR/images/``). ``audit_state.json`` fingerprints the inputs and settings; a re-run
@@ -36,6 +38,7 @@ from copyguard.mitigation.attribution import token_attribution
 from copyguard.mitigation.audit_metrics import compute_metrics
 from copyguard.mitigation.config import AuditConfig, GenerateConfig
 from copyguard.mitigation.detect import Detector, threshold_for_fpr
+from copyguard.mitigation.evaluation.calibrate import robust_threshold
 from copyguard.mitigation.evaluation.measure import NearestTraining, load_training_images
 from copyguard.mitigation.generate import generate_images
 from copyguard.mitigation.prompt_opt import calibrate_l_target
@@ -143,10 +146,7 @@ class AuditJob:
                 f"calibrated on {len(references)} reference prompts (target FPR {cfg.detect.target_fpr:g})"
             )
         else:
-            s = np.asarray(scores)
-            med = float(np.median(s))
-            mad = float(np.median(np.abs(s - med))) * 1.4826
-            threshold = med + cfg.fallback_mads * mad
+            threshold = robust_threshold(scores, cfg.fallback_mads)
             source = f"default: median + {cfg.fallback_mads:g} x 1.4826 MAD of the audited prompts' scores"
         result = {
             "scores": scores,

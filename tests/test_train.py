@@ -1,5 +1,6 @@
-"""``copyguard train``: the §5 filter on constructed tensors, the data stream, and the trainer on the tiny lab
-model (loss goes down, LoRA round trip through ``load_lora_weights``, kill and resume, NaN stop, config errors).
+"""``copyguard train``: the memorization filter on constructed tensors, the data stream, and the trainer on
+the tiny lab model (loss goes down, LoRA round trip through ``load_lora_weights``, kill and resume, NaN stop,
+config errors).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def test_filter_drops_exactly_the_samples_at_or_above_the_threshold(tmp_path: Pa
 
 
 def test_filter_calibrates_a_percentile_then_filters() -> None:
-    flt = MagnitudeFilter(FilterConfig(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
+    flt = MagnitudeFilter(
+        FilterConfig(enabled=True, rule="percentile", percentile=50, calibrate_steps=2, timestep_buckets=1)
+    )
     for step in range(2):
         m = torch.arange(4, dtype=torch.float32) + 4 * step
         keep = flt.keep(m)
@@ -68,7 +71,9 @@ def test_filter_calibrates_a_percentile_then_filters() -> None:
         flt.end_step(step)
     assert flt.threshold == pytest.approx(3.5) and flt.calibrated_at == 2
     assert flt.keep(torch.tensor([3.4, 3.5, 9.0])).tolist() == [1.0, 0.0, 0.0]
-    clone = MagnitudeFilter(FilterConfig(enabled=True, percentile=50, calibrate_steps=2, timestep_buckets=1))
+    clone = MagnitudeFilter(
+        FilterConfig(enabled=True, rule="percentile", percentile=50, calibrate_steps=2, timestep_buckets=1)
+    )
     clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
     assert clone.threshold == flt.threshold and clone.summary() == flt.summary()
 
@@ -78,7 +83,13 @@ def _calibrated_bucket_filter(buckets: int, percentile: float = 90) -> Magnitude
     ``b + 1`` in bucket ``b``, so bucket ``b``'s percentile is ``(b + 1)`` times that of 1..40; bucket 9 has
     only 10 samples (< MIN_BUCKET_SAMPLES) and falls back to the global percentile."""
     flt = MagnitudeFilter(
-        FilterConfig(enabled=True, percentile=percentile, calibrate_steps=1, timestep_buckets=buckets)
+        FilterConfig(
+            enabled=True,
+            rule="percentile",
+            percentile=percentile,
+            calibrate_steps=1,
+            timestep_buckets=buckets,
+        )
     )
     ts, mags = [], []
     for b in range(10):
@@ -129,7 +140,9 @@ def test_timestep_buckets_drop_a_low_t_sample_the_single_threshold_keeps(tmp_pat
 def test_bucket_filter_state_round_trips_exactly() -> None:
     flt = _calibrated_bucket_filter(10)
     flt.num_train_timesteps = 500  # as set by the trainer from the scheduler
-    clone = MagnitudeFilter(FilterConfig(enabled=True, percentile=90, calibrate_steps=1, timestep_buckets=10))
+    clone = MagnitudeFilter(
+        FilterConfig(enabled=True, rule="percentile", percentile=90, calibrate_steps=1, timestep_buckets=10)
+    )
     clone.load_state_dict(json.loads(json.dumps(flt.state_dict())))
     assert clone.thresholds == flt.thresholds and clone.threshold == flt.threshold
     assert clone.num_train_timesteps == 500 and clone.calibration_t == flt.calibration_t
@@ -139,7 +152,7 @@ def test_bucket_filter_state_round_trips_exactly() -> None:
     old = flt.state_dict()  # a checkpoint written before timestep buckets existed
     for k in ("thresholds", "calibration_t", "num_train_timesteps"):
         old.pop(k)
-    legacy = MagnitudeFilter(FilterConfig(enabled=True, percentile=90, calibrate_steps=1))
+    legacy = MagnitudeFilter(FilterConfig(enabled=True, rule="percentile", percentile=90, calibrate_steps=1))
     legacy.load_state_dict(old)
     assert legacy.thresholds is None and legacy.threshold == flt.threshold
 
@@ -296,7 +309,7 @@ def test_lora_round_trip_through_load_lora_weights(lab_tiny_model: Path, lab_tin
 
 
 def _cli(model: Path, data: str, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(model), "--data", data, "--out", str(out), *extra]
+    return ["train", "--model", str(model), "--input", data, "--output", str(out), *extra]
 
 
 def _lora_tensors(run: Path) -> dict[str, torch.Tensor]:
@@ -310,7 +323,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(lab_tiny_model: Path, lab_
     data = str(lab_tiny_data / "*.tar")
     sets = ["train.max_steps=36", "train.batch_size=8", "train.threads=1", "train.checkpoint_every=12",
             "train.lr=1e-2", "train.filter.enabled=true", "train.filter.calibrate_steps=16",
-            "train.filter.percentile=90"]  # fmt: skip
+            "train.filter.rule=percentile", "train.filter.percentile=90"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -377,7 +390,7 @@ def test_missing_model_and_data_exit_2(lab_tiny_data: Path, tmp_path: Path, caps
     assert cli_main(_cli(tmp_path / "none", str(lab_tiny_data / "*.tar"), tmp_path / "r")) == 2
     assert "no model_index.json" in capsys.readouterr().err
     proc = subprocess.run(
-        [sys.executable, "-m", "copyguard.train", "--model", str(tmp_path), "--data", "x", "--out", str(tmp_path),
+        [sys.executable, "-m", "copyguard.train", "--model", str(tmp_path), "--input", "x", "--output", str(tmp_path),
          "--set", "train.batch_size=0"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

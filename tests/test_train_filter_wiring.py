@@ -1,4 +1,4 @@
-"""Wiring of the §5 memorization filter inside the trainer: the gradient ``run_training`` applies equals the
+"""Wiring of the memorization filter inside the trainer: the gradient ``run_training`` applies equals the
 gradient of the loss over the kept samples only (Wen et al., ICLR 2024), computed here by a plain reference.
 
 Each test runs the real loop (``copyguard.train.finetune.run_training``, full fine-tuning of the tiny SD UNet
@@ -141,7 +141,7 @@ def fresh_unet(model_dir: Path) -> UNet2DConditionModel:
 
 @torch.no_grad()
 def magnitudes(unet, m: Micro) -> torch.Tensor:
-    """§5: ``||eps(x_t, e_i) - eps(x_t, e_0)||_2`` per sample."""
+    """Text-conditional magnitude ``||eps(x_t, e_i) - eps(x_t, e_0)||_2`` per sample."""
     e0 = m.e0.expand(m.noisy.shape[0], -1, -1)
     diff = unet(m.noisy, m.t, encoder_hidden_states=m.cond).sample - unet(m.noisy, m.t, e0).sample
     return diff.flatten(1).norm(dim=1)
@@ -246,25 +246,33 @@ def test_gradient_accumulation_averages_the_kept_means_of_the_micro_batches(
 
 
 # -- per-timestep-bucket thresholds (calibrated) ----------------------------------------------------------
-def test_bucket_thresholds_drop_by_each_samples_own_bucket(model_dir, shard, tmp_path, monkeypatch):
-    """Step 1 calibrates (keeps all, records m_i and t_i), step 2 compares m_i with tau of t_i's bucket."""
-    buckets, pct = 2, 60.0
-    spec = {
-        "enabled": True,
-        "calibrate_steps": 1,
-        "timestep_buckets": buckets,
-        "percentile": pct,
-        "batched": False,
-    }
+def _mad_tau(values: np.ndarray, k: float) -> float:
+    med = float(np.median(values))
+    return med + k * 1.4826 * float(np.median(np.abs(values - med)))
+
+
+RULES = {  # rule -> (its FilterConfig fields, the threshold it must set from one bucket's magnitudes)
+    "percentile": ({"rule": "percentile", "percentile": 60.0}, lambda v: float(np.percentile(v, 60.0))),
+    "mad": ({"rule": "mad", "mads": 0.5}, lambda v: _mad_tau(v, 0.5)),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_bucket_thresholds_drop_by_each_samples_own_bucket(rule, model_dir, shard, tmp_path, monkeypatch):
+    """Step 1 calibrates (keeps all, records m_i and t_i), step 2 compares m_i with tau of t_i's bucket, set by
+    the configured rule (the percentile, or median + k * 1.4826 * MAD)."""
+    buckets = 2
+    fields, rule_tau = RULES[rule]
+    spec = {"enabled": True, "calibrate_steps": 1, "timestep_buckets": buckets, "batched": False, **fields}
     # 48 samples per micro-batch (the 4 images repeat): >= 20 magnitudes per bucket, as the calibration needs
     run = train(model_dir, shard, tmp_path / "run", monkeypatch, batch_size=48, max_steps=2, filter=spec)
     unet = fresh_unet(model_dir)
     m1, m2 = run.micros
     mag1 = magnitudes(unet, m1)
-    # calibration (§5, bucket extension): percentile of each bucket's step-1 magnitudes
+    # calibration (copyguard's timestep-bucket extension): percentile of each bucket's step-1 magnitudes
     b1 = (m1.t * buckets // 1000).clamp(max=buckets - 1)
     assert all(int((b1 == b).sum()) >= 20 for b in range(buckets))
-    taus = [float(np.percentile(mag1[b1 == b].numpy(), pct)) for b in range(buckets)]
+    taus = [rule_tau(mag1[b1 == b].numpy().astype(np.float64)) for b in range(buckets)]
     assert run.summary["filter"]["bucket_thresholds"] == pytest.approx(taus, rel=1e-4)
     assert run.summary["filter"]["samples_filtered"] >= 1  # counted at step 2 only (step 1 calibrates)
     # step 2 runs on the weights after step 1 (SGD: p - lr * g)
@@ -274,7 +282,7 @@ def test_bucket_thresholds_drop_by_each_samples_own_bucket(model_dir, shard, tmp
     mag2 = magnitudes(unet, m2)
     b2 = (m2.t * buckets // 1000).clamp(max=buckets - 1)
     keep = mag2 < torch.tensor(taus)[b2]
-    single = mag2 < float(np.percentile(mag1.numpy(), pct))  # what one global threshold would keep
+    single = mag2 < rule_tau(mag1.numpy().astype(np.float64))  # what one global threshold would keep
     assert not torch.equal(keep, single)  # the buckets matter for this batch
     want = reference_grads(unet, [m2], [keep], 1)
     assert_same_grads(run.steps[1], want, reference_grads(unet, [m2], [single], 1))

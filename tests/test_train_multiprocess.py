@@ -1,5 +1,6 @@
-"""The §5 filter under two training processes (issue 15): ``ACCELERATE_USE_CPU=true accelerate launch
---multi_gpu --num_processes 2 -m copyguard.train`` (gloo on CPU) on the tiny SD model of :mod:`tests.tiny_sd`, two 2-image shards (one per rank).
+"""The memorization filter (Wen et al., ICLR 2024) under two training processes (issue 15):
+``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m copyguard.train`` (gloo on CPU)
+on the tiny SD model of :mod:`tests.tiny_sd`, two 2-image shards (one per rank).
 
 Each worker imports a probe (a ``sitecustomize.py`` written to a temporary ``PYTHONPATH`` folder, so the
 repository is untouched) that does what :mod:`tests.test_train_filter_wiring` does in-process: AdamW becomes
@@ -196,7 +197,7 @@ def launch(model_dir: Path, shards: str, out: Path, probe_path: Path, *sets: str
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "copyguard.train", "--model", str(model_dir), "--data", shards, "--out", str(out),
+        "-m", "copyguard.train", "--model", str(model_dir), "--input", shards, "--output", str(out),
         "--train_batch_size", "2", "--max_train_steps", str(steps), "--learning_rate", str(LR),
         "--set", "train.mode=full", "--set", "train.weight_decay=0.0", "--set", "train.max_grad_norm=1e9",
         "--set", "train.threads=1", "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1",
@@ -236,7 +237,12 @@ def fixed_run(model_dir, shards, probe_path, probe_run, tmp_path_factory) -> dic
 def calibrated_run(model_dir, shards, probe_path, tmp_path_factory) -> dict:
     """Two steps: step 1 calibrates one threshold (p25, one bucket), step 2 filters with it."""
     out = tmp_path_factory.mktemp("mp_calibrated") / "run"
-    sets = ("train.filter.calibrate_steps=1", "train.filter.percentile=25", "train.filter.timestep_buckets=1")
+    sets = (
+        "train.filter.calibrate_steps=1",
+        "train.filter.rule=percentile",
+        "train.filter.percentile=25",
+        "train.filter.timestep_buckets=1",
+    )
     return launch(model_dir, shards, out, probe_path, *sets, steps=2)
 
 
@@ -248,7 +254,7 @@ def global_micro(ranks: list[dict], i: int) -> dict:
 
 
 def per_sample(unet, m: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample loss ``||eps(x_t, e_i) - noise||^2 / D`` (with graph) and the magnitude (§2, no graph)."""
+    """Per-sample loss ``||eps(x_t, e_i) - noise||^2 / D`` (with graph) and the magnitude (no graph)."""
     pred = unet(m["noisy"], m["t"], encoder_hidden_states=m["cond"]).sample
     with torch.no_grad():
         eps0 = unet(m["noisy"], m["t"], encoder_hidden_states=m["e0"]).sample
@@ -265,8 +271,8 @@ def grad_of(unet, loss: torch.Tensor) -> torch.Tensor:
 
 
 def references(model_dir: Path, run: dict, tau: float) -> dict:
-    """Gradient of the §5 masked loss over the global batch (single process) and, for the failure message,
-    the mean over ranks of each rank's own masked loss."""
+    """Gradient of the filter's masked loss over the global batch (single process) and, for the failure
+    message, the mean over ranks of each rank's own masked loss."""
     unet = UNet2DConditionModel.from_pretrained(model_dir / "unet").train()
     m = global_micro(run["ranks"], 0)
     losses, mags = per_sample(unet, m)

@@ -1,19 +1,21 @@
 """The training-time memorization filter of Wen et al., ICLR 2024.
 
-For each sample ``i`` at its timestep ``t_i``: ``m_i = ||eps(x_t_i, e_i) - eps(x_t_i, e_0)||_2`` (§2), and
-samples with ``m_i >= tau`` leave that step's loss (they stay in the data set). Rules from §5 kept here:
+For each sample ``i`` at its timestep ``t_i``: ``m_i = ||eps(x_t_i, e_i) - eps(x_t_i, e_0)||_2``, and
+samples with ``m_i >= tau`` leave that step's loss (they stay in the data set). Wen et al.'s rules kept here:
 
 - mask, don't index: ``loss = sum(l_i * keep_i) / max(sum(keep_i), 1)`` (every rank keeps the same graph);
 - the unconditional pass batched with the conditional one: one UNet call on 2B samples
   (:func:`copyguard.mitigation.magnitude.text_conditional_magnitude`), whose conditional half IS the
   training prediction; the unconditional embedding is detached and the magnitude carries no gradient;
 - every filtered sample is logged (key, step, timestep, magnitude) for the next curation run;
-- ``tau`` is fixed, or calibrated as a percentile of the magnitudes over the first K optimizer steps.
+- ``tau`` is fixed, or calibrated from the magnitudes of the first K optimizer steps: by default
+  ``median + k * 1.4826 * MAD`` (a robust outlier cut, our default: it drops almost nothing when no sample
+  stands out), or a percentile as in Wen et al.'s public code (which always drops that share).
 
 Timestep buckets (our extension, ``FilterConfig.timestep_buckets = N > 1``): ``m_i``'s scale depends strongly on
 ``t_i``, so one calibrated ``tau`` never catches a memorized sample drawn at a low ``t``. With N buckets the
-calibration sets one ``tau_b`` per equal-width bucket of ``[0, num_train_timesteps)`` (the percentile of that
-bucket's magnitudes; the global percentile for a bucket with fewer than :data:`MIN_BUCKET_SAMPLES`), and
+calibration sets one ``tau_b`` per equal-width bucket of ``[0, num_train_timesteps)`` (the rule applied to that
+bucket's magnitudes; the global one for a bucket with fewer than :data:`MIN_BUCKET_SAMPLES`), and
 sample ``i`` is compared with ``tau_{b(t_i)}``. A fixed ``tau`` stays one number.
 """
 
@@ -28,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from copyguard.mitigation.evaluation.calibrate import robust_threshold
 from copyguard.mitigation.magnitude import MagnitudeResult, text_conditional_magnitude
 from copyguard.train.config import FilterConfig
 
-__all__ = ["MIN_BUCKET_SAMPLES", "MagnitudeFilter", "bucket_thresholds", "filter_mask", "filtered_prediction",
+__all__ = ["MIN_BUCKET_SAMPLES", "MagnitudeFilter", "bucket_thresholds", "calibrated_threshold", "filter_mask", "filtered_prediction",
            "masked_loss", "timestep_bucket"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ MIN_BUCKET_SAMPLES = 20
 
 
 def filter_mask(magnitude: torch.Tensor, threshold: float | torch.Tensor | None) -> torch.Tensor:
-    """§5 keep-mask: ``m_i < tau`` (float 0/1, shape [B]); all ones while there is no threshold.
+    """Keep-mask: ``m_i < tau`` (float 0/1, shape [B]); all ones while there is no threshold.
 
     ``threshold``: one number, or a per-sample tensor of shape [B] (timestep buckets).
     """
@@ -59,21 +62,29 @@ def timestep_bucket(timesteps: Any, buckets: int, num_train_timesteps: int) -> n
     return np.clip(idx, 0, buckets - 1)
 
 
-def bucket_thresholds(magnitudes: list[float], timesteps: list[int], percentile: float, buckets: int,
+def calibrated_threshold(magnitudes: Any, spec: FilterConfig) -> float:
+    """``spec.rule`` applied to ``magnitudes``: ``median + mads * 1.4826 * MAD`` or the ``percentile``."""
+    if spec.rule == "mad":
+        return robust_threshold(magnitudes, spec.mads)
+    return float(np.percentile(np.asarray(magnitudes, dtype=np.float64), spec.percentile))
+
+
+def bucket_thresholds(magnitudes: list[float], timesteps: list[int], spec: FilterConfig, buckets: int,
                       num_train_timesteps: int, min_samples: int = MIN_BUCKET_SAMPLES) -> tuple[float, list[float]]:  # fmt: skip
-    """The global ``percentile`` of ``magnitudes`` and one per timestep bucket (global where < min_samples)."""
+    """The threshold of ``spec.rule`` over all ``magnitudes`` and one per timestep bucket (the global one where
+    a bucket has fewer than ``min_samples``)."""
     mags = np.asarray(magnitudes, dtype=np.float64)
-    glob = float(np.percentile(mags, percentile))
+    glob = calibrated_threshold(mags, spec)
     idx = timestep_bucket(timesteps, buckets, num_train_timesteps)
     per = []
     for b in range(buckets):
         sel = mags[idx == b]
-        per.append(float(np.percentile(sel, percentile)) if sel.size >= min_samples else glob)
+        per.append(calibrated_threshold(sel, spec) if sel.size >= min_samples else glob)
     return glob, per
 
 
 def masked_loss(per_sample: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """§5 mask, don't index: ``sum(l_i * keep_i) / max(kept, 1)`` (0 with a graph when all are dropped)."""
+    """Mask, don't index: ``sum(l_i * keep_i) / max(kept, 1)`` (0 with a graph when all are dropped)."""
     keep = keep.to(per_sample.dtype)
     return (per_sample * keep).sum() / keep.sum().clamp(min=1.0)
 
@@ -82,7 +93,7 @@ def filtered_prediction(unet: Any, noisy: torch.Tensor, timesteps: torch.Tensor,
                         uncond: torch.Tensor, *, batched: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The training prediction ``eps(x_t, e_i)`` (with gradient) and the magnitude ``m_i`` (detached).
 
-    ``batched``: one UNet call on the (uncond, cond) batch of 2B (§5); otherwise the training call plus a
+    ``batched``: one UNet call on the (uncond, cond) batch of 2B; otherwise the training call plus a
     second, no-grad unconditional call (the public code's sequential way).
     """
     uncond = uncond.detach()
@@ -175,11 +186,12 @@ class MagnitudeFilter:
         if self.enabled and self.threshold is None and step + 1 >= self.spec.calibrate_steps:
             if not self.calibration:
                 raise RuntimeError("no magnitudes collected for the filter calibration")
-            n_b, pct = self.spec.timestep_buckets, self.spec.percentile
+            n_b, spec = self.spec.timestep_buckets, self.spec
             self.threshold, per = bucket_thresholds(
-                self.calibration, self.calibration_t, pct, n_b, self.num_train_timesteps
+                self.calibration, self.calibration_t, spec, n_b, self.num_train_timesteps
             )
-            self.source = f"p{pct:g} of {len(self.calibration)} magnitudes"
+            rule = f"median + {spec.mads:g} MAD" if spec.rule == "mad" else f"p{spec.percentile:g}"
+            self.source = f"{rule} of {len(self.calibration)} magnitudes"
             if n_b > 1:
                 self.thresholds = per
                 self.source += f" in {n_b} timestep buckets"

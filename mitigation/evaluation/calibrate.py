@@ -3,9 +3,10 @@
 The paper gives no universal threshold: a deployment scores prompts known NOT to be memorized and takes
 the threshold that flags at most ``target_fpr`` of them (:func:`~copyguard.mitigation.detect.threshold_for_fpr`:
 an order statistic, so the reference FPR never exceeds the target). The gate of AMG and the first-step
-detector score the first step with one generation (§2, ``end = 1``, ``n = 1``), so :func:`calibrate_on_prompts`
-forces that window; the same reference scores also give prompt optimization's ``l_target`` (Wen et al. §4:
-a quantile of non-memorized prompts' first-step magnitudes) without a second detection pass.
+detector score the first step with one generation (Wen et al., ICLR 2024: ``end = 1``, ``n = 1``), so
+:func:`calibrate_on_prompts` forces that window; the same reference scores also give prompt optimization's
+``l_target`` (Wen et al.: a quantile of non-memorized prompts' first-step magnitudes) without a second
+detection pass.
 """
 
 from __future__ import annotations
@@ -18,13 +19,38 @@ import numpy as np
 
 from copyguard.common.errors import UsageError
 
-__all__ = ["Calibration", "calibrate", "calibrate_on_prompts", "first_step_config", "flagged_pct"]
+__all__ = [
+    "MAD_SCALE",
+    "Calibration",
+    "calibrate",
+    "calibrate_on_prompts",
+    "first_step_config",
+    "flagged_pct",
+    "robust_threshold",
+]
+
+MAD_SCALE = 1.4826
+"""MAD x 1.4826 estimates the standard deviation of normally distributed data (Hampel, 1974)."""
 
 
 def flagged_pct(scores: Sequence[float] | np.ndarray, threshold: float) -> float | None:
     """Share (%) of ``scores`` strictly above ``threshold`` (the flag rule ``score > threshold``); None if empty."""
     s = np.asarray(scores, dtype=np.float64)
     return float(100.0 * (s > threshold).mean()) if s.size else None
+
+
+def robust_threshold(values: Sequence[float] | np.ndarray, mads: float) -> float:
+    """``median + mads * 1.4826 * MAD`` of ``values``: a cut-off set by the bulk of the data, not its tail.
+
+    On data without outliers it flags almost nothing (about 0.1% of normal data at ``mads = 3``, none at 6)
+    whatever the scale of the values, unlike a percentile, which always flags its share; outliers barely
+    move it (the median and MAD ignore up to half of the data). A constant sample (MAD 0) gives its value.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("robust_threshold of no values")
+    med = float(np.median(v))
+    return med + mads * MAD_SCALE * float(np.median(np.abs(v - med)))
 
 
 @dataclass
@@ -37,7 +63,8 @@ class Calibration:
     reference: str = "reference prompts"
 
     def l_target(self, quantile: float = 0.5) -> float:
-        """§4 ``l_target``: the ``quantile`` (default the median) of the reference first-step magnitudes."""
+        """Prompt optimization's ``l_target``: the ``quantile`` (default the median) of the reference
+        first-step magnitudes."""
         if not 0.0 <= quantile <= 1.0:
             raise UsageError(f"quantile must lie in [0, 1], got {quantile}")
         return float(np.quantile(self.reference_scores, quantile))
@@ -70,7 +97,7 @@ def calibrate(
 
 def first_step_config(detect_config: Any = None) -> Any:
     """``detect_config`` (default: :class:`~copyguard.mitigation.config.DetectConfig`'s defaults) scoring only
-    the first step with one generation: the window of AMG's gate and of ``l_target`` (§2, §4)."""
+    the first step with one generation: the window of AMG's gate and of ``l_target`` (Wen et al.)."""
     from copyguard.mitigation.config import DetectConfig
 
     base = detect_config if detect_config is not None else DetectConfig()

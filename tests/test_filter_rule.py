@@ -1,0 +1,66 @@
+"""The filter's default threshold rule: median + k * 1.4826 * MAD of the calibration magnitudes, per bucket."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from copyguard.mitigation.evaluation.calibrate import robust_threshold
+from copyguard.train.config import FilterConfig
+from copyguard.train.mem_filter import MagnitudeFilter, bucket_thresholds, calibrated_threshold
+
+
+def test_robust_threshold_is_median_plus_k_scaled_mads() -> None:
+    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, MAD 1
+    assert robust_threshold(values, 2.0) == pytest.approx(3.0 + 2.0 * 1.4826)
+    assert robust_threshold([5.0, 5.0, 5.0], 6.0) == 5.0
+    with pytest.raises(ValueError):
+        robust_threshold([], 1.0)
+
+
+def test_default_filter_is_on_with_the_mad_rule() -> None:
+    spec = FilterConfig()
+    assert spec.enabled and spec.rule == "mad" and spec.threshold is None
+
+
+def _clean(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Magnitudes with no memorization signal: right-skewed (gamma), as text-conditional magnitudes are."""
+    return rng.gamma(shape=8.0, scale=0.1, size=n)
+
+
+def test_mad_rule_drops_almost_nothing_without_a_signal_and_the_outliers_with_one() -> None:
+    rng = np.random.default_rng(0)
+    spec = FilterConfig()
+    calibration = _clean(rng, 400)
+    tau = calibrated_threshold(calibration, spec)
+    clean = _clean(rng, 20_000)
+    assert (clean >= tau).mean() < 0.002  # a percentile rule always drops its share (1% at p99)
+    p99 = calibrated_threshold(calibration, FilterConfig(rule="percentile", percentile=99))
+    assert (clean >= p99).mean() > 0.005
+    # memorized samples: several times the typical magnitude (Wen et al., ICLR 2024), 3% of the calibration
+    memorized = 6.0 * _clean(rng, 12)
+    tau_with = calibrated_threshold(np.concatenate([calibration, memorized]), spec)
+    assert tau_with < 1.1 * tau  # a few outliers barely move the median and the MAD
+    assert (6.0 * _clean(rng, 1000) >= tau_with).mean() > 0.9
+
+
+def test_buckets_use_the_rule_per_bucket_and_fall_back_to_the_global_one() -> None:
+    rng = np.random.default_rng(1)
+    spec = FilterConfig(mads=3.0)
+    low, high = _clean(rng, 100), 3.0 * _clean(rng, 100)  # the magnitude's scale depends on t
+    sparse = _clean(rng, 5)
+    mags = [*low, *high, *sparse]
+    ts = [50] * 100 + [550] * 100 + [950] * 5
+    glob, per = bucket_thresholds(mags, ts, spec, buckets=3, num_train_timesteps=1000)
+    assert per[0] == pytest.approx(robust_threshold(low, 3.0))
+    assert per[1] == pytest.approx(robust_threshold(high, 3.0))
+    assert per[2] == glob == pytest.approx(robust_threshold(mags, 3.0))  # 5 < MIN_BUCKET_SAMPLES
+
+
+def test_calibrated_filter_reports_its_rule() -> None:
+    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=1, mads=4.0))
+    mags = list(_clean(np.random.default_rng(2), 50))
+    flt.record(1, [f"k{i}" for i in range(50)], [10] * 50, mags, [1.0] * 50)
+    flt.end_step(0)
+    assert flt.threshold == pytest.approx(robust_threshold(mags, 4.0))
+    assert flt.source == "median + 4 MAD of 50 magnitudes"
