@@ -56,11 +56,11 @@ def _check(path: str | Path, flag: str, folder: bool) -> None:
     _probe(base, flag, path)
 
 
-def check_output_dir(path: str | Path, flag: str = "--out") -> None:
+def check_output_dir(path: str | Path, flag: str = "--output") -> None:
     """``path`` is (or can become) a folder this process may write into; nothing is created."""
     _check(path, flag, folder=True)
 
 
-def check_output_file(path: str | Path, flag: str = "--out") -> None:
+def check_output_file(path: str | Path, flag: str = "--output") -> None:
     """``path`` is (or can become) a file this process may write; nothing is created."""
     _check(path, flag, folder=False)

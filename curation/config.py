@@ -72,6 +72,11 @@ class ImagesConfig(StrictModel):
     embedder_path: str | None = Field(None, description="model file; default: the packaged ONNX model")
     input_size: int = Field(320, ge=32, le=2048, description="square resize before the embedder")
     batch_size: int = Field(64, ge=1, description="images per embedder call")
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="where the embedder runs: cpu, or cuda / cuda:N (onnxruntime-gpu, i.e. copyguard[gpu])",
+    )
     threshold: float = Field(
         0.75, ge=0.0, le=1.0, description="cosine for a pair to be flagged and linked to a representative"
     )

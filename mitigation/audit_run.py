@@ -12,7 +12,7 @@
 
 Results are written as they come: one JSON line per finished prompt in ``AUDIT_DIR/results[.RANK].jsonl``
 (images under ``AUDIT_DIR/images/``). ``audit_state.json`` fingerprints the inputs and settings; a re-run
-with the same ``--out`` and the same fingerprint skips finished prompts, a different one is refused
+with the same ``--output`` and the same fingerprint skips finished prompts, a different one is refused
 (gate and report settings, :data:`REPORT_ONLY`, are not part of it: re-gating an audit costs no generation).
 Pending prompts are split over processes with Accelerate (``PartialState.split_between_processes``).
 """
@@ -120,7 +120,7 @@ class AuditJob:
             old = json.loads(path.read_text()).get("fingerprint")
             if old != fp:
                 raise UsageError(
-                    f"{self.out} holds an audit of other inputs or settings; use a new --out or delete it"
+                    f"{self.out} holds an audit of other inputs or settings; use a new --output or delete it"
                 )
             log.info("resuming the audit in %s", self.out)
         self.out.mkdir(parents=True, exist_ok=True)

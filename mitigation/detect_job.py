@@ -116,7 +116,7 @@ def run_detect(
     if threshold is not None and not math.isfinite(threshold):
         raise UsageError(f"--threshold must be a finite number, got {threshold}")
     if threshold is not None and reference_prompts is not None:
-        raise UsageError("give either --threshold or --calibrate-on, not both")
+        raise UsageError("give either --threshold or --reference-prompts, not both")
     if explain_top < 1:
         raise UsageError(f"--explain-top must be at least 1, got {explain_top}")
     check_device(device)

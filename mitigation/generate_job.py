@@ -66,9 +66,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     images = out / "images"
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and images.exists() and not images.is_dir():
-        raise UsageError(f"--out {out}: {images} is a file, not a folder")
+        raise UsageError(f"--output {out}: {images} is a file, not a folder")
     if existing and not overwrite:
-        raise UsageError(f"--out {out} already holds generations ({', '.join(existing)}); pass --overwrite")
+        raise UsageError(f"--output {out} already holds generations ({', '.join(existing)}); pass --overwrite")
 
 
 def _clear(out: Path) -> None:

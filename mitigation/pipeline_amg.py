@@ -198,7 +198,7 @@ class StableDiffusionAMGPipeline(StableDiffusionPipeline):
                 )
             if amg.gated and amg.gate_threshold is None:
                 raise UsageError(
-                    "gated AMG needs gate_threshold (calibrate it with `copyguard detect --calibrate-on`)"
+                    "gated AMG needs gate_threshold (calibrate it with `copyguard detect --reference-prompts`)"
                 )
             similarity = self._similarity(amg, index, embedder, pixel_reference, pixel_keys)
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -35,6 +36,7 @@ from copyguard.common.errors import UsageError
 from copyguard.common.fileops import atomic_write
 from copyguard.common.outputs import check_output_dir
 from copyguard.curation.config import CurateConfig
+from copyguard.curation.embedders import load_embedder
 from copyguard.curation.index_format import INCOMPLETE_MARKER, SUCCESS_MARKER
 from copyguard.pipelines.beam_io import BeamFileOps, match_inputs
 from copyguard.pipelines.curate_args import add_arguments, check_beam_options, job_arguments
@@ -180,6 +182,12 @@ def run_curation(
         )
     if exclude_keys and not fs.exists(exclude_keys):
         raise UsageError(f"--exclude-keys {exclude_keys}: no such file")
+    if config.images.device != "cpu":  # one tiny batch there now, not a failed worker later
+        images = config.images
+        embedder = load_embedder(
+            images.embedder, path=images.embedder_path, input_size=32, device=images.device
+        )
+        embedder.embed([np.zeros((32, 32, 3), dtype=np.uint8)])
     _check_output(output, overwrite, resume)  # after the arguments' own checks, still before any work
     p = test_pipeline if test_pipeline is not None else make_pipeline(beam_options)
     # The marker goes first, before anything is deleted or written: whatever kills the job from here on, OUT

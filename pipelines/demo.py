@@ -86,7 +86,7 @@ def _audit(
     name: str, model: Path, index: Path, prompts: Path, refs: Path, out: Path, sets: list[str]
 ) -> float:
     argv = ["audit", "--model", str(model), "--index", str(index), "--prompts", str(prompts),
-            "--reference-prompts", str(refs), "--out", str(out)]  # fmt: skip
+            "--reference-prompts", str(refs), "--output", str(out)]  # fmt: skip
     argv += [a for s in sets for a in ("--set", s)]  # the gate: configs/audit.yaml's defaults
     seconds, _ = _stage(
         name, argv, ok=(0, 1)
@@ -141,7 +141,7 @@ def run_demo(out: Path, preset: str, cache: Path | None = None) -> None:
         ["eval-dedup", "--manifest", str(curated), "--truth", str(data / "ground_truth.jsonl")],
     )
     ft_data, ft_curated = out / "finetune_data", out / "finetune_curated"
-    argv = ["sample-data", "--out", str(ft_data), "--preset", preset, "--seed", "1", "--overwrite"]
+    argv = ["sample-data", "--output", str(ft_data), "--preset", preset, "--seed", "1", "--overwrite"]
     t["fine-tune data"], _ = _stage(
         "4. fine-tuning data with freshly planted duplicated pairs",
         argv + [a for s in spec["finetune_data"] for a in ("--set", s)],
@@ -152,11 +152,10 @@ def run_demo(out: Path, preset: str, cache: Path | None = None) -> None:
     )
     run = out / "finetuned"
     sets = ["train.mode=full", f"train.max_steps={spec['finetune_steps']}", "train.lr=1e-3",
-            "train.checkpoint_every=200", "train.filter.enabled=true", "train.filter.percentile=95",
-            "train.filter.calibrate_steps=20"]  # fmt: skip
+            "train.checkpoint_every=200", "train.filter.calibrate_steps=20"]  # the filter's default rule  # fmt: skip
     t["fine-tune"], _ = _stage(
         "5. fine-tune the lab model on it with the memorization filter (Wen et al., ICLR 2024)",
-        ["train", "--model", str(model), "--data", str(ft_data / "*.tar"), "--out", str(run)]
+        ["train", "--model", str(model), "--input", str(ft_data / "*.tar"), "--output", str(run)]
         + [a for s in sets for a in ("--set", s)],
     )
     counts = {"min_copies": spec["min_copies"], "unique": spec["unique_prompts"],

@@ -27,7 +27,12 @@ class EmbedderModelHandler(ModelHandler[bytes, PredictionResult, ImageEmbedder])
         self.max_pixels = max_pixels
 
     def load_model(self) -> ImageEmbedder:
-        return load_embedder(self.cfg.embedder, path=self.cfg.embedder_path, input_size=self.cfg.input_size)
+        return load_embedder(
+            self.cfg.embedder,
+            path=self.cfg.embedder_path,
+            input_size=self.cfg.input_size,
+            device=self.cfg.device,
+        )
 
     def run_inference(
         self,

@@ -15,6 +15,7 @@ import pytest
 
 from copyguard.common.errors import UsageError
 from copyguard.pipelines.cli import main
+from tests.helpers import jpeg_bytes, write_tar
 from tests.tiny_sd import cached_trigger_pipeline, save_tiny_pipeline, torch_threads
 
 CPU = ["--device", "cpu"]
@@ -69,8 +70,8 @@ def test_curate_bad_beam_value_is_one_line(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_curate_run_argv_rejects_typos_and_passes_real_beam_options(tmp_path: Path) -> None:
-    from copyguard.pipelines.curate_args import check_beam_options
     from copyguard.pipelines.curate import run
+    from copyguard.pipelines.curate_args import check_beam_options
 
     with pytest.raises(UsageError, match="did you mean --reference"):
         run(["--input", str(tmp_path / "*.tar"), "--output", str(tmp_path / "o"), "--refrence", "x"])
@@ -195,7 +196,17 @@ def test_detect_out_that_is_a_folder(
 def test_config_that_is_a_binary_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "model.bin"
     config.write_bytes(bytes(range(256)) * 4)
-    argv = ["detect", "--model", "m", "--prompts", "p", "--output", str(tmp_path / "o"), "--config", str(config)]
+    argv = [
+        "detect",
+        "--model",
+        "m",
+        "--prompts",
+        "p",
+        "--output",
+        str(tmp_path / "o"),
+        "--config",
+        str(config),
+    ]
     assert main(argv) == 2
     _one_line_error(capsys, str(config), "not a UTF-8 YAML file")
 
@@ -248,7 +259,7 @@ def test_curate_exclude_keys_flag_reaches_the_job(tmp_path: Path, monkeypatch, c
 
     seen: dict = {}
 
-    def fake_graph(p, shards, output, cfg, reference=None, exclude_keys=None):
+    def fake_graph(p, shards, output, cfg, reference=None, exclude_keys=None, run=None):
         seen["exclude_keys"] = exclude_keys
         raise UsageError("stop after wiring")
 
@@ -284,3 +295,17 @@ def test_train_model_without_its_subfolders_fails_fast_and_offline(
     )
     assert code == 2
     _one_line_error(capsys, "without", "unet")
+
+
+def test_curate_on_a_device_onnxruntime_lacks_fails_before_any_work(tmp_path: Path) -> None:
+    """``--set curate.images.device=cuda`` without onnxruntime-gpu (this machine): one line, exit 2, no output."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine can embed on CUDA")
+    write_tar(tmp_path / "a.tar", [("k0.jpg", jpeg_bytes(1)), ("k0.txt", b"a caption")])
+    out = tmp_path / "out"
+    argv = ["curate", "--input", str(tmp_path / "*.tar"), "--output", str(out)]
+    assert main([*argv, "--set", "curate.images.device=cuda"]) == 2
+    assert not out.exists()
+    assert main([*argv, "--set", "curate.images.device=gpu"]) == 2  # not a device name
