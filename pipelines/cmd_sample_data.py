@@ -14,7 +14,8 @@ __all__ = ["register", "run"]
 EPILOG = """\
 Writes DIR/shard-000000.tar ... (WebDataset: KEY.jpg + KEY.txt; the last shard holds the broken samples a
 reader must reject) and DIR/ground_truth.jsonl ({key, image_group, caption_group, kind, copies} per sample).
-The same seed gives the same bytes. Presets: tiny (~300 samples, seconds), small (~2,000, the default).
+The same seed gives the same bytes. Presets: tiny (~300 samples, seconds), small (~2,000, the default), hard
+(image copies under the common copy edits at 64 and 224 px, and caption pairs that must or must not merge).
 
 """ + examples(
     "copyguard sample-data --output sample --preset tiny", "copyguard sample-data --output sample --seed 1"
@@ -39,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="output folder for shards and ground truth",
     )
-    parser.add_argument("--preset", default=None, help="tiny or small (default: the config's, small)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="tiny, small or hard (held-out copy edits; default: the config's, small)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the shards and ground truth already in --output"

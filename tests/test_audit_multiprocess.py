@@ -2,21 +2,11 @@
 audit ...`` must write the same ``report.json`` (detection, metrics, per-prompt scores and similarities, gate)
 as one process, on the tiny lab model and index of :mod:`tests.test_audit` (its ``setup`` fixture).
 
-On a CPU-only machine two gaps of the library show (docs/testing.md, "Multi-process audit"):
-
-- ``mitigation/audit_run.py`` (``AuditJob.run``) and ``mitigation/audit.py`` (``_load_pipeline``) create a bare
-  ``accelerate.PartialState()``: without CUDA, ``PartialState(cpu=False)`` under the torchrun launcher finds no
-  backend and reports ONE process per worker (``DistributedType.NO``), so both workers believe they are the main
-  process and each runs the whole audit into the same ``--out``. ``ACCELERATE_USE_CPU`` (what ``accelerate
-  launch --cpu`` sets) is read by ``AcceleratorState`` only, and ``--device cpu`` is not passed to the state.
-  :func:`test_two_cpu_processes_split_the_audit` pins this (strict xfail).
-- ``accelerate launch --cpu --num_processes 2`` starts one process in accelerate 1.x (multi-CPU means mpirun),
-  so the test launches with the torchrun launcher (``--multi_gpu``) and ``ACCELERATE_USE_CPU=true``.
-
-:func:`test_two_processes_give_the_same_report_as_one` checks the split itself (fixed prompt batches shared over
-the ranks, rank 0 measures and gates) by initialising the state as ``PartialState(cpu=True)`` (gloo) in each
-worker before the audit runs, through a ``sitecustomize.py`` on a temporary ``PYTHONPATH`` (the repository is
-untouched).
+``accelerate launch --cpu --num_processes 2`` starts one process in accelerate 1.x (multi-CPU means mpirun),
+so the tests launch with the torchrun launcher (``--multi_gpu``) and ``ACCELERATE_USE_CPU=true``; the audit
+initialises its state for the CPU itself (``--device cpu``), so two CPU workers split the prompts
+(:func:`test_two_cpu_processes_split_the_audit`). :func:`test_two_processes_give_the_same_report_as_one`
+checks the split itself (fixed prompt batches shared over the ranks, rank 0 measures and gates).
 """
 
 from __future__ import annotations
