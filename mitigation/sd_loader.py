@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from copyguard.common.errors import UsageError
+from copyguard.common.runtime import resolve_device
 
 __all__ = ["ModelSource", "default_device", "load_sd_pipeline", "resolve_model_source", "single_file_config"]
 
@@ -126,12 +125,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def default_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device {device} requested but no CUDA GPU is available")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``device`` if given (checked: a CUDA device without CUDA is a usage error), else ``cuda`` when
+    available, else ``cpu`` (:func:`copyguard.common.runtime.resolve_device`)."""
+    return str(resolve_device(device or "auto"))
 
 
 def check_sd_folder(folder: Path) -> None:
