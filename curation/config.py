@@ -119,7 +119,7 @@ class ImagesConfig(StrictModel):
     )
     norm_background: int = Field(1000, ge=10, description="background descriptors (a fixed sample)")
     # The distributed job's partitioned search (curation/partitions.py, docs/curation.md "Scale"). Defaults
-    # from benchmarks/bench_curate_scale.py's data at 1e5: about 1,000 descriptors per partition keeps the
+    # from copyguard.pipelines.lab.curate_scale's data at 1e5: about 1,000 descriptors per partition keeps the
     # exact search inside a partition as cheap as the single-worker IVF join (nlist 4 sqrt(N), nprobe 8);
     # margin 0.05 with up to 8 partitions: 3.6 visits per descriptor, 98.5% of planted pairs as candidates
     # (0.1: 5.2 visits, 98.9%; 0.05 with 4: 2.4 visits, 95.6%).

@@ -38,9 +38,9 @@ from copyguard.mitigation.attribution import token_attribution
 from copyguard.mitigation.audit_metrics import compute_metrics
 from copyguard.mitigation.config import AuditConfig, GenerateConfig
 from copyguard.mitigation.detect import Detector, threshold_for_fpr
-from copyguard.mitigation.evaluation.calibrate import robust_threshold
 from copyguard.mitigation.evaluation.measure import NearestTraining, load_training_images
 from copyguard.mitigation.generate import generate_images
+from copyguard.mitigation.magnitude import robust_threshold
 from copyguard.mitigation.prompt_opt import calibrate_l_target
 from copyguard.mitigation.prompts import PromptRecord
 

@@ -16,7 +16,7 @@ folder, a Hub id already in the local Hugging Face cache (never downloaded), or 
 The flags use the diffusers training-script names; each sets one train.KEY and wins over --set of that key.
 The memorization filter is on by default: samples whose text-conditional noise magnitude (Wen et al., ICLR
 2024) reaches the threshold leave the loss of that step and are logged to RUN_DIR/filtered.jsonl. The threshold
-is median + 6 x 1.4826 MAD of the first 20 steps' magnitudes per timestep bucket (train.filter.rule=mad,
+is median + 4 x 1.4826 MAD of the first 20 steps' magnitudes per timestep bucket (train.filter.rule=mad,
 train.filter.mads); train.filter.rule=percentile or a fixed train.filter.threshold replace it, and
 --set train.filter.enabled=false turns the filter off.
 Outputs in RUN_DIR: the diffusers folder (full) or pytorch_lora_weights.safetensors (LoRA: load with

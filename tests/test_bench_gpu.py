@@ -74,20 +74,17 @@ def test_smoke_records_every_section(tmp_path: Path) -> None:
     """``--smoke`` from a Python without the editable install (the bootstrap path the GPU machine takes)."""
     from benchmarks.bench_gpu import SECTIONS
 
-    out_env = tmp_path / "OUT"
     code = _NO_EDITABLE + textwrap.dedent(
         f"""
         from benchmarks.bench_gpu import main
         sys.exit(main(["--smoke", "--machine", "smoke-test", "--out", {str(tmp_path / "results")!r}]))
         """
     )
-    env = {**os.environ, "OUT": str(out_env)}
-    env.pop("PYTHONPATH", None)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1450)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "results" / "smoke-test" / "bench_gpu.json").read_text())
-    assert json.loads((out_env / "bench_gpu.json").read_text()) == result
     assert result["smoke"] is True and result["machine"]["tag"] == "smoke-test"
     assert result["bootstrap"], "the smoke run should have linked the namespace itself"
     sections = result["sections"]
@@ -102,4 +99,5 @@ def test_smoke_records_every_section(tmp_path: Path) -> None:
         assert isinstance(s[key], (int, float)), key
     assert s["lab_memorization_evaluated"] is True
     assert sections["faiss_1e6"]["torch_cpu"]["float32"]["planted_pair_recall_at_k"] > 0.9
+    assert sections["sd15_amg"]["runs"][0]["details"]["amg_gated_unique"]["flagged"] is False  # gate above it
     assert isinstance(sections["embedder"]["torch"]["float32"]["model_only_320px"]["images_per_s"], float)

@@ -68,7 +68,7 @@ class FilterConfig(StrictModel):
     enabled: bool = True
     threshold: float | None = Field(None, gt=0)
     rule: Literal["mad", "percentile"] = "mad"
-    mads: float = Field(6.0, gt=0)
+    mads: float = Field(4.0, gt=0)
     percentile: float = Field(99.0, gt=0, lt=100)
     calibrate_steps: int = Field(20, ge=1)
     timestep_buckets: int = Field(10, ge=1)

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from copyguard.mitigation.evaluation.calibrate import robust_threshold
-from copyguard.mitigation.magnitude import MagnitudeResult, text_conditional_magnitude
+from copyguard.mitigation.magnitude import MagnitudeResult, robust_threshold, text_conditional_magnitude
 from copyguard.train.config import FilterConfig
 
 __all__ = ["MIN_BUCKET_SAMPLES", "MagnitudeFilter", "bucket_thresholds", "calibrated_threshold", "filter_mask", "filtered_prediction",

@@ -8,4 +8,6 @@
 - :mod:`.evidence`: pure functions over scores, images and records: detection ROC per setting (Wen et al.,
   ICLR 2024; protocol in docs/results.md), image change against the unmitigated image, AMG term statistics
   from the pipeline's traces (Chen et al., CVPR 2024).
+- :mod:`.costs`: what detection and each mitigation cost on a given SD pipeline (time per image against plain
+  sampling, gated and forced-worst-case AMG, prompt optimization), round by round.
 """

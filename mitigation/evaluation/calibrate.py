@@ -20,37 +20,18 @@ import numpy as np
 from copyguard.common.errors import UsageError
 
 __all__ = [
-    "MAD_SCALE",
     "Calibration",
     "calibrate",
     "calibrate_on_prompts",
     "first_step_config",
     "flagged_pct",
-    "robust_threshold",
 ]
-
-MAD_SCALE = 1.4826
-"""MAD x 1.4826 estimates the standard deviation of normally distributed data (Hampel, 1974)."""
 
 
 def flagged_pct(scores: Sequence[float] | np.ndarray, threshold: float) -> float | None:
     """Share (%) of ``scores`` strictly above ``threshold`` (the flag rule ``score > threshold``); None if empty."""
     s = np.asarray(scores, dtype=np.float64)
     return float(100.0 * (s > threshold).mean()) if s.size else None
-
-
-def robust_threshold(values: Sequence[float] | np.ndarray, mads: float) -> float:
-    """``median + mads * 1.4826 * MAD`` of ``values``: a cut-off set by the bulk of the data, not its tail.
-
-    On data without outliers it flags almost nothing (about 0.1% of normal data at ``mads = 3``, none at 6)
-    whatever the scale of the values, unlike a percentile, which always flags its share; outliers barely
-    move it (the median and MAD ignore up to half of the data). A constant sample (MAD 0) gives its value.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("robust_threshold of no values")
-    med = float(np.median(v))
-    return med + mads * MAD_SCALE * float(np.median(np.abs(v - med)))
 
 
 @dataclass

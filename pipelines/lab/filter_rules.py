@@ -38,8 +38,8 @@ __all__ = ["RULES", "rule_table", "training_magnitudes"]
 # rule name -> the FilterConfig fields it sets (timestep buckets as the default filter)
 RULES: dict[str, dict[str, Any]] = {
     "mad_k3": {"rule": "mad", "mads": 3.0},
-    "mad_k4": {"rule": "mad", "mads": 4.0},
-    "mad_k6 (default)": {"rule": "mad", "mads": 6.0},
+    "mad_k4 (default)": {"rule": "mad", "mads": 4.0},
+    "mad_k6": {"rule": "mad", "mads": 6.0},
     "mad_k8": {"rule": "mad", "mads": 8.0},
     "p95": {"rule": "percentile", "percentile": 95.0},
     "p99": {"rule": "percentile", "percentile": 99.0},

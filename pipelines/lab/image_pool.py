@@ -9,7 +9,7 @@ strongest planted edits (:func:`~copyguard.pipelines.lab.sample_images.variant_e
 greedy minimum-degree independent set, ties broken towards robust tiles), mark as ``editable`` those whose
 edits all stay copies (cosine >= ``--robust``) and none of whose edits looks like another kept tile, and
 write ``pipelines/lab/assets/image_pool.json``. The sample-data builder reads only that file at run time;
-``python -m benchmarks.sample_data_sscd`` measures what a built preset looks like to SSCD.
+``python -m copyguard.pipelines.lab.sample_check`` measures what a built preset looks like to SSCD.
 """
 
 from __future__ import annotations

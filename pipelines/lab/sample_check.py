@@ -1,12 +1,12 @@
 """What a built ``sample-data`` preset looks like to the real SSCD model (SSCD: Pizzi et al., CVPR 2022).
 
-    python -m benchmarks.sample_data_sscd [--preset small] [--seed 0] [--machine dev-2cpu] [--quick]
+    python -m copyguard.pipelines.lab.sample_check [--preset small] [--seed 0] [--machine dev-2cpu] [--quick]
 
 Builds the preset into a temporary folder and measures what the curation job will see: per planted image
 kind, the cosine of each member with its group original; for every image, the largest cosine with an image
 of another image group; and for captions, the largest normalized shingle Jaccard between different caption
-groups. Writes ``benchmarks/results/<machine>/sample_data.json``. The image pool itself is chosen by
-``python -m copyguard.pipelines.lab.image_pool select`` (lab tooling, not a benchmark).
+groups. ``--quick`` measures the ``tiny`` preset. Writes ``benchmarks/results/<machine>/sample_data.json``
+and prints it. The image pool itself is chosen by ``python -m copyguard.pipelines.lab.image_pool select``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import add_common_args, begin, setup_logging, write_result
 from copyguard.curation.embedders import embedder_info, load_embedder
 from copyguard.pipelines.lab.image_pool import embed, stats
+from copyguard.pipelines.lab.results import add_result_args, begin_result, setup_logging, write_result
+
+__all__ = ["caption_report", "check_sample_data", "image_report", "main"]
+
+MODULE = "copyguard.pipelines.lab.sample_check"
 
 
-def _image_report(keys: list[str], truth: dict[str, dict], emb: np.ndarray) -> dict[str, Any]:
+def image_report(keys: list[str], truth: dict[str, dict], emb: np.ndarray) -> dict[str, Any]:
+    """SSCD figures of the images ``keys`` (unit embeddings ``emb``, rows match; ``truth``: ground-truth rows
+    by key): each planted member's cosine to its group original per kind, each image's largest cosine to
+    another image group, counts over thresholds and the ten closest pairs across groups."""
     index = {k: i for i, k in enumerate(keys)}
     groups = np.array([truth[k]["image_group"] for k in keys])
     kinds = np.array([truth[k]["kind"] for k in keys])
@@ -55,7 +62,9 @@ def _image_report(keys: list[str], truth: dict[str, dict], emb: np.ndarray) -> d
     }
 
 
-def _caption_report(keys: list[str], truth: dict[str, dict], captions: list[str]) -> dict[str, Any]:
+def caption_report(keys: list[str], truth: dict[str, dict], captions: list[str]) -> dict[str, Any]:
+    """Normalized shingle Jaccard (character 5-grams and word 2-grams) of each planted caption to its group
+    original per kind, and of the closest captions of different caption groups."""
     from copyguard.pipelines.lab.sample_captions import jaccard, near_duplicate_pairs
 
     index = {k: i for i, k in enumerate(keys)}
@@ -85,28 +94,27 @@ def _caption_report(keys: list[str], truth: dict[str, dict], captions: list[str]
     return out
 
 
-def validate(args: argparse.Namespace) -> dict[str, Any]:
-    """Build ``args.preset`` (after ``tiny``, for its timing) into a temporary folder and measure it."""
+def check_sample_data(
+    preset: str, seed: int, machine: str, argv: list[str] | None = None, quick: bool = False
+) -> dict[str, Any]:
+    """Build ``preset`` (after ``tiny``, for its timing) into a temporary folder and measure it; the result
+    body (with the :func:`~copyguard.pipelines.lab.results.begin_result` header)."""
     from copyguard.common.config import load_config
     from copyguard.curation.records import Sample
     from copyguard.curation.shards import iter_samples
     from copyguard.pipelines.lab.config import SampleDataConfig
     from copyguard.pipelines.lab.sample_data import build_sample_data
 
-    report = begin("sample_data", "benchmarks.sample_data_sscd", args.argv, args.machine, args.quick)
+    report = begin_result("sample_data", MODULE, argv, machine, quick)
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in dict.fromkeys(("tiny", args.preset)):
-            cfg = load_config(
-                SampleDataConfig,
-                "sample_data",
-                None,
-                [f"sample_data.preset={preset}", f"sample_data.seed={args.seed}"],
-            )
+        for name in dict.fromkeys(("tiny", preset)):
+            sets = [f"sample_data.preset={name}", f"sample_data.seed={seed}"]
+            cfg = load_config(SampleDataConfig, "sample_data", None, sets)
             start = time.perf_counter()
-            summary = build_sample_data(cfg, Path(tmp) / preset)
-            timings[preset] = round(time.perf_counter() - start, 2)
-        folder = Path(tmp) / args.preset
+            summary = build_sample_data(cfg, Path(tmp) / name)
+            timings[name] = round(time.perf_counter() - start, 2)
+        folder = Path(tmp) / preset
         truth = {}
         for line in (folder / "ground_truth.jsonl").read_text("utf-8").splitlines():
             row = json.loads(line)
@@ -116,29 +124,28 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     embedder = load_embedder("sscd-onnx")
     emb = embed(embedder, [s.image for s in samples], "sample images")
     report |= {
-        "preset": args.preset,
-        "seed": args.seed,
+        "preset": preset,
+        "seed": seed,
         "summary": summary,
         "build_seconds": timings,
         "model": embedder_info(embedder),
-        "images": _image_report(keys, truth, emb),
-        "captions": _caption_report(keys, truth, [s.caption for s in samples]),
+        "images": image_report(keys, truth, emb),
+        "captions": caption_report(keys, truth, [s.caption for s in samples]),
     }
-    write_result(report, args.out, args.machine, "sample_data")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+    add_result_args(parser)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    args.argv = argv
-    if args.quick:  # the smoke version measures the tiny preset only
-        args.preset = "tiny"
     setup_logging(args.verbose)
-    json.dump(validate(args), sys.stdout, indent=2)
+    preset = "tiny" if args.quick else args.preset  # the smoke version measures the tiny preset only
+    report = check_sample_data(preset, args.seed, args.machine, argv, args.quick)
+    write_result(report, args.out, args.machine, "sample_data")
+    json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 

@@ -1,21 +1,25 @@
-"""Evidence for issue 6: does the §5 filter keep fine-tuning from memorizing freshly planted pairs?
+"""Training-filter evidence: does the filter keep fine-tuning from memorizing freshly planted pairs?
 
-    python -m benchmarks.train_evidence [--machine TAG] [--out DIR] [--work DIR] [--model DIR] [--steps 600]
-                                        [--percentile 95] [--calibrate-steps 50] [--timestep-buckets 1]
-                                        [--skip-existing]
+The filter is the magnitude filtering of Wen et al., ICLR 2024, Sec. 5 (``copyguard train``'s
+``train.filter``).
+
+    python -m copyguard.pipelines.lab.filter_evidence [--machine TAG] [--out DIR] [--work DIR] [--model DIR]
+        [--steps 600] [--percentile 95] [--calibrate-steps 50] [--timestep-buckets 1] [--note TEXT]
 
 1. ``copyguard sample-data --seed 1`` with a custom small preset: 500 unique samples, 4 groups each of
    25 and 50 copies of one image-caption pair (``dup_pair``, 300 samples), a few of every other kind.
    The base model has never seen these pairs (measured: 0 % of their generations over the threshold).
-2. 150 unique samples held out (``lab_data.load_lab_data``'s seeded choice): the FID reference; the rest
-   written as the training shards. ``copyguard curate`` on those gives the curated shards.
+2. 150 unique samples held out (:func:`~copyguard.pipelines.lab.data.load_lab_data`'s seeded choice): the
+   FID reference; the rest written as the training shards. ``copyguard curate`` on those gives the curated
+   shards.
 3. Three ``copyguard train`` runs from ``--model`` (full UNet, lr 1e-3, batch 16, seed 0, ``--steps``):
    without the filter, with it (threshold: ``--percentile`` of the first ``--calibrate-steps`` steps; one per
    timestep bucket with ``--timestep-buckets N > 1``, run folder ``run_filter_tb<N>_p<percentile>``), and
    without it on the curated shards.
-4. The lab's measurement (:func:`copyguard.pipelines.lab.evaluate.evaluate_memorization`: 4 seeds per prompt, DDIM 25
-   steps, CFG 7.5, SSCD to the prompt's own training image, the lab's calibrated 32 px threshold 0.4, FID of
-   150 held-out captions' generations against the held-out images) on the base model and the three runs.
+4. The lab's measurement (:func:`copyguard.pipelines.lab.evaluate.evaluate_memorization`: 4 seeds per prompt,
+   DDIM 25 steps, CFG 7.5, SSCD to the prompt's own training image, the lab's calibrated 32 px threshold 0.4,
+   FID of 150 held-out captions' generations against the held-out images) on the base model and the three
+   runs. Every step keeps its output in ``--work`` and is skipped when it is there.
 
 Writes ``benchmarks/results/<machine>/train_evidence.json``. About 40 CPU minutes on a quiet 2-core machine.
 """
@@ -34,9 +38,18 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import add_common_args, begin, finish, setup_logging, write_result
+from copyguard.pipelines.lab.results import (
+    add_result_args,
+    begin_result,
+    finish_result,
+    setup_logging,
+    write_result,
+)
 
-log = logging.getLogger("benchmarks.train_evidence")
+__all__ = ["main", "measure", "prepare_data", "row", "run", "summarize", "train_facts", "train_run"]
+
+log = logging.getLogger(__name__)
+MODULE = "copyguard.pipelines.lab.filter_evidence"
 PRESET = "sample_data.presets.small"
 SAMPLE_SETS = [f"{PRESET}.unique=500", f"{PRESET}.image_groups=4", f"{PRESET}.caption_groups=4",
                f"{PRESET}.dup_counts=[25, 50]", f"{PRESET}.dup_groups_per_count=4", f"{PRESET}.template_groups=3",
@@ -47,6 +60,7 @@ GOAL_FID_CHANGE = 0.05
 
 
 def _copyguard(*args: str) -> None:
+    """One ``copyguard`` command in a child process (memory is returned between the steps)."""
     cmd = [sys.executable, "-m", "copyguard.pipelines", "-q", *args]
     log.info("%s", " ".join(cmd[2:]))
     subprocess.run(cmd, check=True)
@@ -60,7 +74,7 @@ def prepare_data(work: Path) -> dict[str, str]:
 
     src, train, curated = work / "data", work / "train", work / "curated"
     if not (src / "ground_truth.jsonl").is_file():
-        _copyguard("sample-data", "--preset", "small", "--seed", "1", "--out", str(src),
+        _copyguard("sample-data", "--preset", "small", "--seed", "1", "--output", str(src),
                    *[a for s in SAMPLE_SETS for a in ("--set", s)])  # fmt: skip
     if not (train / "ground_truth.jsonl").is_file():
         held = set(load_lab_data(str(src / "*.tar"), 32, HELDOUT, 0).heldout_keys)
@@ -78,7 +92,11 @@ def prepare_data(work: Path) -> dict[str, str]:
     }
 
 
+OFF = ["train.filter.enabled=false"]  # the baselines train without the (default-on) filter
+
+
 def train_run(model: str, data: str, out: Path, steps: int, extra: list[str]) -> dict[str, Any]:
+    """``copyguard train`` from ``model`` on ``data`` into ``out`` (unless done); its ``training.json``."""
     sets = ["train.mode=full", f"train.max_steps={steps}", "train.lr=1e-3", "train.checkpoint_every=200",
             "train.seed=0", *extra]  # fmt: skip
     if not (out / "training.json").is_file():
@@ -86,9 +104,9 @@ def train_run(model: str, data: str, out: Path, steps: int, extra: list[str]) ->
             "train",
             "--model",
             model,
-            "--data",
+            "--input",
             data,
-            "--out",
+            "--output",
             str(out),
             *[a for s in sets for a in ("--set", s)],
         )
@@ -178,46 +196,79 @@ def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") 
     }
 
 
-def run(machine: str, work: Path, model: str, steps: int, percentile: float, calibrate: int, note: str = "",
-        argv: list[str] | None = None, buckets: int = 1) -> dict[str, Any]:  # fmt: skip
-    report = begin("train_evidence", "benchmarks.train_evidence", argv, machine)
+FILTER_FACTS = ("threshold", "bucket_thresholds", "threshold_source", "samples_seen", "samples_filtered",
+                "unique_keys_filtered")  # fmt: skip
+
+
+def train_facts(training: dict[str, Any]) -> dict[str, Any]:
+    """What a run's ``training.json`` says about its steps, time and filter."""
+    return {
+        "steps": training["steps"],
+        "train_s": round(training["total_s"], 1),
+        "step_s_median": training["step_s_median"],
+        "filter": {x: training["filter"].get(x) for x in FILTER_FACTS},
+    }
+
+
+def run(
+    machine: str,
+    work: Path,
+    model: str,
+    steps: int,
+    percentile: float,
+    calibrate: int,
+    note: str = "",
+    argv: list[str] | None = None,
+    buckets: int = 1,
+) -> dict[str, Any]:
+    """Data, the three training runs and the four measurements (each kept in ``work``); the result body.
+
+    Earlier measurements kept in ``work`` (``<name>.eval.json``, e.g. shorter runs or 12-seed ones) are
+    added to the models' rows."""
+    report = begin_result("train_evidence", MODULE, argv, machine)
     torch.set_num_threads(1)
     globs = prepare_data(work)
-    flt = ["train.filter.enabled=true", f"train.filter.percentile={percentile}",
-           f"train.filter.calibrate_steps={calibrate}", f"train.filter.timestep_buckets={buckets}"]  # fmt: skip
+    flt = [
+        "train.filter.enabled=true",
+        "train.filter.rule=percentile",  # the rule these recorded runs used (the default is now mad)
+        f"train.filter.percentile={percentile}",
+        f"train.filter.calibrate_steps={calibrate}",
+        f"train.filter.timestep_buckets={buckets}",
+    ]
     filter_dir = work / ("run_filter" if buckets == 1 else f"run_filter_tb{buckets}_p{percentile:g}")
     runs = {
-        "no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, []),
+        "no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, OFF),
         "filter": train_run(model, globs["train"], filter_dir, steps, flt),
-        "curated": train_run(model, globs["curated"], work / "run_curated", steps, []),
+        "curated": train_run(model, globs["curated"], work / "run_curated", steps, OFF),
     }
-    names = {"base": model, "no_filter": work / "run_nofilter", "filter": filter_dir,
-             "curated": work / "run_curated"}  # fmt: skip
-    evals = {
-        k: measure("base" if k == "base" else Path(v).name, v, globs["source"], work)
-        for k, v in names.items()
-    }
-    rows = {k: row(v) for k, v in evals.items()}
-    for extra in sorted(
-        work.glob("*.eval.json")
-    ):  # earlier measurements kept in the folder (e.g. shorter runs)
+    names = {"no_filter": work / "run_nofilter", "filter": filter_dir, "curated": work / "run_curated"}
+    rows = {"base": row(measure("base", model, globs["source"], work))}
+    rows |= {k: row(measure(v.name, v, globs["source"], work)) for k, v in names.items()}
+    for extra in sorted(work.glob("*.eval.json")):
         name = extra.name.removesuffix(".eval.json")
-        if name not in {"base", *(Path(v).name for v in names.values())}:
+        if name not in {"base", *(v.name for v in names.values())}:
             rows[name] = row(json.loads(extra.read_text()))
-    for k, r in runs.items():
-        rows[k].update({"steps": r["steps"], "train_s": round(r["total_s"], 1), "step_s_median": r["step_s_median"],
-                        "filter": {x: r["filter"].get(x) for x in ("threshold", "bucket_thresholds", "threshold_source",
-                                   "samples_seen", "samples_filtered", "unique_keys_filtered")}})  # fmt: skip
-    report.update({"settings": {"model": model, "steps": steps, "percentile": percentile, "calibrate_steps": calibrate,
-                                "timestep_buckets": buckets,
-                                "heldout": HELDOUT, "sample_data": SAMPLE_SETS, "work": str(work), "note": note},
-                   "models": rows, "summary": summarize(rows, filter_dir.name)})  # fmt: skip
-    return finish(report)
+    for k, training in runs.items():
+        rows[k].update(train_facts(training))
+    report["settings"] = {
+        "model": model,
+        "steps": steps,
+        "percentile": percentile,
+        "calibrate_steps": calibrate,
+        "timestep_buckets": buckets,
+        "heldout": HELDOUT,
+        "sample_data": SAMPLE_SETS,
+        "work": str(work),
+        "note": note,
+    }
+    report["models"] = rows
+    report["summary"] = summarize(rows, filter_dir.name)
+    return finish_result(report)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+    add_result_args(parser)
     parser.add_argument(
         "--work", default=".cache/copyguard/train_evidence", help="working folder (data, runs, evals)"
     )

@@ -1,13 +1,14 @@
-"""The lab model's memorization figures (issue 3): train (or reuse) the lab model and record its card's numbers.
+"""The lab model's memorization figures: train (or reuse) a lab model and record its model card's numbers.
 
-    python -m benchmarks.bench_lab [--quick] [--machine TAG] [--out DIR] [--preset small] [--retrain]
+    python -m copyguard.pipelines.lab.model_summary [--quick] [--machine TAG] [--out DIR] [--preset small]
+        [--retrain] [--cache DIR]
 
 Uses :func:`copyguard.pipelines.lab.cache.cached_lab_model`: the ``small`` model is trained once (15-20 CPU
-minutes) into ``.cache/copyguard`` and reused by the demo and the other lab benchmarks; ``--retrain``
+minutes) into ``.cache/copyguard`` and reused by the demo and the other lab experiments; ``--retrain``
 trains it again from scratch into the cache. ``--quick`` does the same with the ``tiny`` model (about 3.5
-minutes the first time; the other ``--quick`` scripts reuse it). Records per duplication count the SSCD / nL2 figures, the >= 25-copy summary, the
-first-step magnitude AUC, FID, the threshold calibration, training time and the machine, in
-``benchmarks/results/<machine>/lab_model.json``.
+minutes the first time; the other ``--quick`` runs reuse it). Records per duplication count the SSCD / nL2
+figures, the >= 25-copy summary, the first-step magnitude AUC, FID, the threshold calibration, training
+time and the machine, in ``benchmarks/results/<machine>/lab_model.json``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import add_common_args, begin, finish, setup_logging, write_result
 from copyguard.pipelines.lab.cache import DEFAULT_CACHE, cached_lab_model
+from copyguard.pipelines.lab.results import (
+    add_result_args,
+    begin_result,
+    finish_result,
+    setup_logging,
+    write_result,
+)
 
-log = logging.getLogger("benchmarks.bench_lab")
+__all__ = ["main", "summarize"]
+
+log = logging.getLogger(__name__)
+MODULE = "copyguard.pipelines.lab.model_summary"
 GOAL_SHARE_MIN = 60.0  # % of >= 25-copy generations over the threshold
 GOAL_UNIQUE_MAX = 2.0
 
@@ -60,13 +70,13 @@ def summarize(model: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
+    add_result_args(parser)
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "gpu"))
     parser.add_argument("--retrain", action="store_true", help="train again instead of reusing the cache")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="lab model cache folder")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    report = begin("lab_model", "benchmarks.bench_lab", argv, args.machine, quick=args.quick)
+    report = begin_result("lab_model", MODULE, argv, args.machine, quick=args.quick)
     preset = "tiny" if args.quick else args.preset
     cache = Path(args.cache)
     if args.retrain:
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     report["passes"] = (
         report["share_dup_ge25"] >= GOAL_SHARE_MIN and (report["share_unique"] or 0) <= GOAL_UNIQUE_MAX
     )
-    path = write_result(finish(report), args.out, args.machine, "lab_model")
+    path = write_result(finish_result(report), args.out, args.machine, "lab_model")
     print(
         f"{preset}: >= 25 copies {report['share_dup_ge25']:.1f} % over {report['threshold']:g}, unique "
         f"{report['share_unique']:.1f} %, magnitude AUC {report['magnitude'].get('auc')}; wrote {path}"
