@@ -19,6 +19,7 @@ from PIL import Image
 from skimage import data
 
 from benchmarks.common import begin, finish, script_main, usable_cpus
+from copyguard.common.timing import throughput
 from copyguard.curation.embedders import embedder_info, load_embedder
 from copyguard.pipelines.lab.sample_images import decode, encode_jpeg
 
@@ -47,21 +48,6 @@ def random_crops(photos: list[np.ndarray], count: int, size: int = 64, seed: int
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         crops.append(_resize(photo[y : y + side, x : x + side], size))
     return crops
-
-
-def throughput(embedder, images: list[np.ndarray], batch_size: int, repeats: int) -> dict[str, float]:
-    """Best (and median) of ``repeats`` timed passes over ``images``: the best is the least disturbed by
-    other processes on a shared machine."""
-    embedder.embed(images[:batch_size])  # warm-up at this batch shape
-    passes = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            embedder.embed(images[i : i + batch_size])
-        passes.append((time.perf_counter() - start) / len(images))
-    best, median = min(passes), float(np.median(passes))
-    return {"images_per_s": round(1 / best, 2), "ms_per_image": round(1000 * best, 2),
-            "ms_per_image_median": round(1000 * median, 2)}  # fmt: skip
 
 
 def quality(embedder, photos: list[np.ndarray]) -> dict[str, Any]:

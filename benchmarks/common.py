@@ -9,20 +9,18 @@ say so in their own file.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from copyguard.common.runtime import load_average, usable_cpus
 from copyguard.pipelines.lab.results import RESULTS, default_machine, result_path, setup_logging, write_result
 from copyguard.pipelines.lab.results import add_result_args as add_common_args
 from copyguard.pipelines.lab.results import begin_result as begin
 from copyguard.pipelines.lab.results import finish_result as finish
+from copyguard.pipelines.lab.results import result_main as script_main
 
 __all__ = ["RESULTS", "add_common_args", "begin", "default_machine", "finish", "load_average", "result_path",
            "run_module", "script_main", "setup_logging", "usable_cpus", "write_result"]  # fmt: skip
@@ -43,26 +41,3 @@ def run_module(module: str, *args: str, timeout: float | None = None) -> tuple[i
     except subprocess.TimeoutExpired:
         code = None
     return code, time.perf_counter() - start
-
-
-def script_main(
-    argv: list[str] | None,
-    doc: str,
-    name: str,
-    add_args: Callable[[argparse.ArgumentParser], None],
-    measure: Callable[[argparse.Namespace], dict[str, Any]],
-    summary: Callable[[dict[str, Any]], str],
-) -> int:
-    """A benchmark's ``main``: the common arguments plus ``add_args``' (``args.argv`` is ``argv``), logging,
-    ``measure(args)`` (a :func:`begin` report) written to ``<--out>/<--machine>/<name>.json``, and its
-    one-line ``summary`` printed with the file's path. ``doc``'s first line describes the script."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    add_common_args(parser)
-    add_args(parser)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    setup_logging(args.verbose)
-    report = measure(args)
-    path = write_result(report, args.out, args.machine, name)
-    print(f"{summary(report)}; wrote {path}")
-    return 0

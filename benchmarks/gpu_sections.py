@@ -16,23 +16,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # copyguard is importable only after bench_gpu.bootstrap() on a bare device machine
+    from copyguard.common.timing import Deadline
 
 Save = Callable[[], None]
 DTYPES = ("float32", "float16")
-
-
-class Deadline:
-    """A section's own time budget (seconds from now)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.perf_counter() + seconds
-
-    def left(self) -> float:
-        return self.end - time.perf_counter()
-
-    def expired(self, margin: float = 0.0) -> bool:
-        return self.left() <= margin
 
 
 def _err(exc: BaseException) -> str:
@@ -82,28 +72,15 @@ def sec_sd15_detection(p: dict[str, Any], rec: dict[str, Any], save: Save, dl: D
     )
 
 
-def _tiny_index(rows: int, input_size: int) -> Any:
-    """Random unit 512-d rows labelled as sscd-onnx descriptors at ``input_size`` px, every row with a
-    duplicated caption (so G_dup has a y_N wherever it fires)."""
-    import numpy as np
-
-    from copyguard.curation.index import TrainingIndex
-
-    vectors = np.random.default_rng(0).standard_normal((rows, 512)).astype(np.float32)
-    entries = [{"key": f"k{i:06d}", "caption": f"training caption {i}", "dup_caption": "a photo of a cat",
-                "dup_caption_count": 25, "image_group_size": 25} for i in range(rows)]  # fmt: skip
-    return TrainingIndex.build(vectors, entries, {"name": "sscd-onnx", "dim": 512, "input_size": input_size})
-
-
 def sec_sd15_amg(p: dict[str, Any], rec: dict[str, Any], save: Save, dl: Deadline) -> None:
     """``costs.measure_random_weights`` (bench_mitigation's sd15-arch) at 512 px, once per seed while the
     budget lasts."""
     from copyguard.common.timing import timed
     from copyguard.mitigation.evaluation import costs
-    from copyguard.pipelines.lab.sd15_shape import sd15_shaped_pipeline
+    from copyguard.pipelines.lab.sd15_shape import random_index, sd15_shaped_pipeline
 
     build_s, pipe = timed(lambda: sd15_shaped_pipeline(p["device"], toy=p["smoke"]))
-    index = _tiny_index(p["index_rows"], p["sscd_size"])
+    index = random_index(p["index_rows"], p["sscd_size"])
     rec.update(
         size=p["size"], steps=p["steps"], build_s=_r(build_s, 2), index_rows=p["index_rows"], dtype="float32"
     )
@@ -165,7 +142,7 @@ def _torch_knn(
 ) -> dict[str, Any]:
     """Exact inner-product k-NN and range search with torch (chunked matmul + top-k: what ``IndexFlatIP``
     computes) until ``budget`` seconds are spent; the times are extrapolated to every row as query."""
-    from copyguard.common.timing import timed
+    from copyguard.common.timing import Deadline, timed
 
     xs, n, device = x.to(dtype), len(x), str(x.device)
     rows, found, edges, t_knn, t_range = 0, 0, 0, 0.0, 0.0
@@ -251,8 +228,7 @@ def sec_embedder(p: dict[str, Any], rec: dict[str, Any], save: Save, dl: Deadlin
     import numpy as np
     import torch
 
-    from benchmarks.bench_embedders import throughput
-    from copyguard.common.timing import timed
+    from copyguard.common.timing import throughput, timed
     from copyguard.curation.embedders import load_embedder
     from copyguard.mitigation.sscd_torch import load_torch_sscd
 
@@ -312,6 +288,8 @@ SECTION_FUNCS: dict[str, Callable[[dict[str, Any], dict[str, Any], Save, Deadlin
 
 def run_child(name: str, params: dict[str, Any], result: str, budget: float) -> int:
     """Run section ``name`` in this process, its record rewritten to ``result`` after every step."""
+    from copyguard.common.timing import Deadline
+
     dl, rec = Deadline(budget), {"status": "running", "params": params}
 
     def save() -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["median_ratio", "time_rounds", "timed"]
+__all__ = ["Deadline", "median_ratio", "throughput", "time_rounds", "timed"]
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +60,31 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
     are skipped; None when all are)."""
     pairs = [x / y for x, y in zip(numerators, denominators, strict=True) if y]
     return statistics.median(pairs) if pairs else None
+
+
+class Deadline:
+    """A time budget: seconds from now (:meth:`left`), and whether it is spent but for ``margin``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def expired(self, margin: float = 0.0) -> bool:
+        return self.left() <= margin
+
+
+def throughput(embedder: Any, images: Sequence[Any], batch_size: int, repeats: int) -> dict[str, float]:
+    """Images per second of ``embedder.embed`` over ``images`` in batches: the best of ``repeats`` timed
+    passes (the least disturbed by other processes on a shared machine) and the median's ms per image."""
+    embedder.embed(images[:batch_size])  # warm-up at this batch shape
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            embedder.embed(images[i : i + batch_size])
+        passes.append((time.perf_counter() - start) / len(images))
+    best, median = min(passes), statistics.median(passes)
+    return {"images_per_s": round(1 / best, 2), "ms_per_image": round(1000 * best, 2),
+            "ms_per_image_median": round(1000 * median, 2)}  # fmt: skip

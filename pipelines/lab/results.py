@@ -20,6 +20,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from copyguard.common.fileops import atomic_write
 
 __all__ = [
     "RESULTS",
+    "result_main",
     "add_result_args",
     "begin_result",
     "default_machine",
@@ -144,3 +146,26 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("apache_beam").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def result_main(
+    argv: list[str] | None,
+    doc: str,
+    name: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+) -> int:
+    """A result script's ``main``: the common arguments plus ``add_args``' (``args.argv`` is ``argv``), logging,
+    ``measure(args)`` (a :func:`begin` report) written to ``<--out>/<--machine>/<name>.json``, and its
+    one-line ``summary`` printed with the file's path. ``doc``'s first line describes the script."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_result_args(parser)
+    add_args(parser)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    setup_logging(args.verbose)
+    report = measure(args)
+    path = write_result(report, args.out, args.machine, name)
+    print(f"{summary(report)}; wrote {path}")
+    return 0

@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["SD15_SCHEDULER", "SD15_UNET", "SD15_VAE", "TOY_WIDTHS", "sd15_shaped_pipeline", "sd15_unet"]
+__all__ = [
+    "SD15_SCHEDULER",
+    "SD15_UNET",
+    "SD15_VAE",
+    "TOY_WIDTHS",
+    "random_index",
+    "sd15_shaped_pipeline",
+    "sd15_unet",
+]
 
 SD15_UNET: dict[str, Any] = {
     "sample_size": 64,
@@ -101,3 +109,16 @@ def sd15_shaped_pipeline(
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def random_index(rows: int, input_size: int) -> Any:
+    """Random unit 512-d rows labelled as sscd-onnx descriptors at ``input_size`` px, every row with a
+    duplicated caption (so G_dup has a y_N wherever it fires)."""
+    import numpy as np
+
+    from copyguard.curation.index import TrainingIndex
+
+    vectors = np.random.default_rng(0).standard_normal((rows, 512)).astype(np.float32)
+    entries = [{"key": f"k{i:06d}", "caption": f"training caption {i}", "dup_caption": "a photo of a cat",
+                "dup_caption_count": 25, "image_group_size": 25} for i in range(rows)]  # fmt: skip
+    return TrainingIndex.build(vectors, entries, {"name": "sscd-onnx", "dim": 512, "input_size": input_size})
