@@ -68,7 +68,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if existing and images.exists() and not images.is_dir():
         raise UsageError(f"--output {out}: {images} is a file, not a folder")
     if existing and not overwrite:
-        raise UsageError(f"--output {out} already holds generations ({', '.join(existing)}); pass --overwrite")
+        raise UsageError(
+            f"--output {out} already holds generations ({', '.join(existing)}); pass --overwrite"
+        )
 
 
 def _clear(out: Path) -> None:

@@ -10,7 +10,17 @@ import pytest
 
 from copyguard.pipelines.cli import build_parser, main
 
-COMMANDS = {"sample-data", "lab-model", "curate", "eval-dedup", "detect", "generate", "audit", "train", "assets"}
+COMMANDS = {
+    "sample-data",
+    "lab-model",
+    "curate",
+    "eval-dedup",
+    "detect",
+    "generate",
+    "audit",
+    "train",
+    "assets",
+}
 
 
 def _subcommands() -> set[str]:

@@ -48,7 +48,9 @@ def test_detect_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.Capt
     prompts = tmp_path / "p.txt"
     prompts.write_text("a prompt\n")
     out = str(tmp_path / "o.jsonl")
-    assert main(["detect", "--model", str(tmp_path / "nope"), "--prompts", str(prompts), "--output", out]) == 2
+    assert (
+        main(["detect", "--model", str(tmp_path / "nope"), "--prompts", str(prompts), "--output", out]) == 2
+    )
     assert "model folder not found" in capsys.readouterr().err
     bad = tmp_path / "p.csv"
     bad.write_text("a;b\n1;2\n")

@@ -51,7 +51,9 @@ def test_same_seed_same_image_regardless_of_batching(model_dir: Path, tmp_path: 
     with torch_threads(1):
         assert main([*base, "--prompt", "a house", "--output", str(tmp_path / "one")]) == 0
         assert (
-            main([*base, "--prompt", "a trigger dog", "--prompt", "a house", "--output", str(tmp_path / "two")])
+            main(
+                [*base, "--prompt", "a trigger dog", "--prompt", "a house", "--output", str(tmp_path / "two")]
+            )
             == 0
         )
     a = np.asarray(Image.open(tmp_path / "one" / "images" / "p00000_s3.png"))
@@ -106,7 +108,9 @@ def test_generate_user_errors(model_dir: Path, tmp_path: Path, capsys: pytest.Ca
         == 2
     )
     assert "--index" in capsys.readouterr().err
-    assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--seed", "a,b", "--output", out]) == 2
+    assert (
+        main(["generate", "--model", str(model_dir), "--prompt", "x", "--seed", "a,b", "--output", out]) == 2
+    )
 
 
 def test_run_generate_library_entry_on_a_loaded_pipeline(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from PIL import Image
 from skimage import data
 
 from copyguard.common.errors import UsageError
-from copyguard.curation import embedders as emb
 from copyguard.curation.embedders import (
     IMAGENET_MEAN,
     IMAGENET_STD,

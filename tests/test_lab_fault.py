@@ -48,7 +48,16 @@ def _data(folder: Path) -> str:
 
 
 def _start(pattern: str, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "copyguard.pipelines.cli", "lab-model", "--input", pattern, "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "copyguard.pipelines.cli",
+        "lab-model",
+        "--input",
+        pattern,
+        "--output",
+        str(out),
+    ]
     cmd += ["--preset", "tiny", "--no-eval", *extra, *[a for o in OVERRIDES for a in ("--set", o)]]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
