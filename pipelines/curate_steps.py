@@ -307,7 +307,7 @@ def write_report(
         "config": cfg.model_dump(mode="json"),
         "rejected_samples": list(rejected_samples or []),
         "rejected_total": by_status.get("rejected", 0),
-        "manifest": fs.join(output, "manifest", "*.parquet"),
+        "manifest": "manifest/*.parquet",  # beside report.json: the same bytes whatever the output path
         "run": run or {},
     }
     thumbs_by_key = dict(thumbs)

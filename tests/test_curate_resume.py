@@ -57,7 +57,6 @@ def _snapshot(out: Path) -> dict[str, bytes]:
         elif path.name == "report.json":
             report = json.loads(data)
             report.pop("run")
-            report.pop("manifest")
             data = json.dumps(report, sort_keys=True).encode()
         elif path.name == "report.html":
             head, _, rest = data.decode().partition("<h2>Run facts</h2>")
