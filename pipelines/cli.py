@@ -16,41 +16,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 from copyguard.common.cli_args import ArgumentParser
 from copyguard.common.errors import UsageError
+from copyguard.common.runtime import package_version
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("copyguard")
-
-
-def _version() -> str:
-    try:
-        return version("copyguard")
-    except PackageNotFoundError:  # running from a checkout without install
-        return "0+unknown"
-
-
-def _with_install_hint(func: Callable[..., int], command: str) -> Callable[..., int]:
-    """``func``, but a third-party package missing at run time is a one-line UsageError naming the extra."""
-    from copyguard.common.assets import COMMAND_EXTRAS
-
-    @functools.wraps(func)
-    def run(*args: object) -> int:
-        try:
-            return func(*args)
-        except ModuleNotFoundError as exc:
-            top = (exc.name or "").split(".")[0]
-            if not top or top == "copyguard":
-                raise
-            extra = COMMAND_EXTRAS.get(command, "all")
-            raise UsageError(
-                f"needs the Python package {top!r}, which is not installed: pip install 'copyguard[{extra}]'"
-            ) from None
-
-    return run
 
 
 def _missing_module(exc: ModuleNotFoundError) -> str | None:
@@ -122,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="copyguard",
         description="Keep text-to-image diffusion models from memorizing their training data.",
     )
-    parser.add_argument("--version", action="version", version=f"copyguard {_version()}")
+    parser.add_argument(
+        "--version", action="version", version=f"copyguard {package_version('copyguard') or '0+unknown'}"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)

@@ -17,7 +17,6 @@ result equals an uninterrupted run) or ``--overwrite``; ``load_index`` refuses i
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import platform
@@ -35,6 +34,7 @@ from copyguard.common.config import load_config
 from copyguard.common.errors import UsageError
 from copyguard.common.fileops import atomic_write
 from copyguard.common.outputs import check_output_dir
+from copyguard.common.runtime import package_version
 from copyguard.curation.config import CurateConfig
 from copyguard.curation.embedders import load_embedder
 from copyguard.curation.index_format import INCOMPLETE_MARKER, SUCCESS_MARKER
@@ -198,7 +198,7 @@ def run_curation(
     log.info("curating %d shard(s) into %s", len(shards), output)
     started = time.perf_counter()
     run = {
-        "copyguard": _version(),
+        "copyguard": package_version("copyguard") or "0+unknown",
         "started": _now(),
         "inputs": patterns,
         "input_shards": len(shards),
@@ -236,13 +236,6 @@ OUTPUTS = {  # what the job leaves in OUTPUT, as listed at its end
     "shards": "clean shards",
     "index": "index",
 }
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("copyguard")
-    except importlib.metadata.PackageNotFoundError:  # a checkout that is not installed
-        return "0+unknown"
 
 
 def _runner(beam_options: Sequence[str], test_pipeline: beam.Pipeline | None) -> str:

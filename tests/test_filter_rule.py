@@ -64,3 +64,26 @@ def test_calibrated_filter_reports_its_rule() -> None:
     flt.end_step(0)
     assert flt.threshold == pytest.approx(robust_threshold(mags, 4.0))
     assert flt.source == "median + 4 MAD of 50 magnitudes"
+
+
+def test_rule_table_counts_clean_and_duplicated_draws_per_rule() -> None:
+    from copyguard.pipelines.lab.filter_rules import rule_table
+
+    rng = np.random.default_rng(3)
+    n_clean, n_dup = 2000, 200
+    data = {
+        "magnitude": np.concatenate([_clean(rng, n_clean), 4.0 * _clean(rng, n_dup)]),
+        "timestep": rng.integers(0, 1000, n_clean + n_dup),
+        "copies": np.r_[np.ones(n_clean, int), np.full(n_dup, 25)],
+        "num_train_timesteps": 1000,
+    }
+    table = rule_table(data, calibration=1000)
+    mad = table["mad_k4 (default)"]
+    assert mad["clean_dropped_pct"] < 1.0 and mad["copies_25_dropped_pct"] > 80.0
+    assert mad["duplicated_dropped_pct"] == mad["copies_25_dropped_pct"]
+    # a looser k drops more of both; a percentile drops its share of everything it was calibrated on
+    assert table["mad_k3"]["copies_25_dropped_pct"] >= mad["copies_25_dropped_pct"]
+    assert table["mad_k3"]["clean_dropped_pct"] >= mad["clean_dropped_pct"]
+    p95 = table["p95"]
+    share = (n_clean * p95["clean_dropped_pct"] + n_dup * p95["duplicated_dropped_pct"]) / (n_clean + n_dup)
+    assert 3.0 < share < 7.0

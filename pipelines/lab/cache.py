@@ -14,21 +14,15 @@ import hashlib
 import json
 import logging
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from copyguard.common.runtime import package_version
 
 __all__ = ["DEFAULT_CACHE", "cached_index", "cached_lab_model", "cached_sample_data", "lab_key", "lab_setup"]
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path(os.environ.get("COPYGUARD_CACHE", ".cache/copyguard"))
 DONE = ".done"
-
-
-def _version() -> str:
-    try:
-        return version("copyguard")
-    except PackageNotFoundError:  # pragma: no cover - running from a checkout without install
-        return "0"
 
 
 def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
@@ -56,7 +50,9 @@ def lab_key(preset: str, seed: int = 0) -> str:
     from copyguard.pipelines.lab.config import LabConfig
 
     settings = LabConfig(preset=preset, seed=seed).active().model_dump(mode="json")
-    blob = json.dumps({"settings": settings, "seed": seed, "version": _version()}, sort_keys=True)
+    blob = json.dumps(
+        {"settings": settings, "seed": seed, "version": package_version("copyguard") or "0"}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -15,6 +15,7 @@ the duplicated ones; a percentile always drops its share of whatever it sees.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import sys
@@ -70,7 +71,9 @@ def training_magnitudes(model: str, shards: str, draws: int = 4, batch: int = 16
     mags, ts, cps = [], [], []
     for start in range(0, len(samples), batch):
         chunk = samples[start : start + batch]
-        pixels = np.stack([prepare_image(Image.open(_bytes(s)), size, True, False, rng) for s in chunk])
+        pixels = np.stack(
+            [prepare_image(Image.open(io.BytesIO(s.image)), size, True, False, rng) for s in chunk]
+        )
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         latents = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
         cond = encode_text(m, [s.caption for s in chunk], torch.device("cpu"))
@@ -81,21 +84,16 @@ def training_magnitudes(model: str, shards: str, draws: int = 4, batch: int = 16
             mags += magnitude.tolist()
             ts += t.tolist()
             cps += [copies[s.key] for s in chunk]
-    return {"magnitude": np.array(mags), "timestep": np.array(ts), "copies": np.array(cps)}
-
-
-def _bytes(sample: Sample) -> Any:
-    import io
-
-    return io.BytesIO(sample.image)
+    return {"magnitude": np.array(mags), "timestep": np.array(ts), "copies": np.array(cps),
+            "num_train_timesteps": int(sched.config.num_train_timesteps)}  # fmt: skip
 
 
 def rule_table(
-    data: dict[str, np.ndarray], calibration: int = 160, buckets: int = 10, seed: int = 0, t_max: int = 1000
+    data: dict[str, Any], calibration: int = 160, buckets: int = 10, seed: int = 0
 ) -> dict[str, Any]:
     """Per rule of :data:`RULES`: calibrated on ``calibration`` random draws (the first steps' stand-in), the
     share (%) of clean and of duplicated draws at or above their bucket's threshold."""
-    mags, ts, copies = data["magnitude"], data["timestep"], data["copies"]
+    mags, ts, copies, t_max = data["magnitude"], data["timestep"], data["copies"], data["num_train_timesteps"]
     pick = np.random.default_rng(seed).choice(len(mags), size=min(calibration, len(mags)), replace=False)
     bucket = timestep_bucket(ts, buckets, t_max)
     out: dict[str, Any] = {}
