@@ -271,6 +271,23 @@ def test_filter_evidence_summary_judges_the_filter_goal() -> None:
     }  # fmt: skip
 
 
+def test_filter_evidence_runs_select_their_rule_in_the_trainer_config() -> None:
+    """Each filter run of the evidence script trains with its own rule (the overrides reach
+    ``TrainConfig``), and the run folders of the two rules differ."""
+    from copyguard.common.config import load_config
+    from copyguard.pipelines.lab import filter_evidence as fe
+    from copyguard.train.config import TrainConfig
+
+    for rule, other in (("mad", "percentile"), ("percentile", "mad")):
+        cfg = load_config(TrainConfig, "train", overrides=fe.filter_sets(rule, 90.0, 3.0, 20, 10))
+        flt = cfg.filter
+        assert flt.enabled and flt.rule == rule and flt.rule != other
+        assert (flt.percentile, flt.mads, flt.calibrate_steps, flt.timestep_buckets) == (90.0, 3.0, 20, 10)
+    assert fe.filter_run_name("percentile", 95, 4, 1) == "run_filter"  # the recorded runs' folder
+    assert fe.filter_run_name("mad", 95, 4, 1) == "run_filter_mad_k4"
+    assert fe.filter_run_name("mad", 95, 4, 10) == "run_filter_mad_k4_tb10"
+
+
 def test_lab_model_summary_reads_the_model_card_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -4,7 +4,8 @@ The filter is the magnitude filtering of Wen et al., ICLR 2024, Sec. 5 (``copygu
 ``train.filter``).
 
     python -m copyguard.pipelines.lab.filter_evidence [--machine TAG] [--out DIR] [--work DIR] [--model DIR]
-        [--steps 600] [--percentile 95] [--calibrate-steps 50] [--timestep-buckets 1] [--note TEXT]
+        [--steps 600] [--percentile 95] [--calibrate-steps 50] [--timestep-buckets 1]
+        [--rules percentile mad] [--mads 4] [--name train_evidence] [--note TEXT]
 
 1. ``copyguard sample-data --seed 1`` with a custom small preset: 500 unique samples, 4 groups each of
    25 and 50 copies of one image-caption pair (``dup_pair``, 300 samples), a few of every other kind.
@@ -12,10 +13,11 @@ The filter is the magnitude filtering of Wen et al., ICLR 2024, Sec. 5 (``copygu
 2. 150 unique samples held out (:func:`~copyguard.pipelines.lab.data.load_lab_data`'s seeded choice): the
    FID reference; the rest written as the training shards. ``copyguard curate`` on those gives the curated
    shards.
-3. Three ``copyguard train`` runs from ``--model`` (full UNet, lr 1e-3, batch 16, seed 0, ``--steps``):
-   without the filter, with it (threshold: ``--percentile`` of the first ``--calibrate-steps`` steps; one per
-   timestep bucket with ``--timestep-buckets N > 1``, run folder ``run_filter_tb<N>_p<percentile>``), and
-   without it on the curated shards.
+3. ``copyguard train`` runs from ``--model`` (full UNet, lr 1e-3, batch 16, seed 0, ``--steps``):
+   without the filter, with it once per rule of ``--rules`` (``percentile``: the ``--percentile`` of the
+   first ``--calibrate-steps`` steps' magnitudes, run folder ``run_filter``; ``mad``: their median +
+   ``--mads`` x 1.4826 x MAD, ``run_filter_mad_k<mads>``; one threshold per timestep bucket with
+   ``--timestep-buckets N > 1``), and without it on the curated shards.
 4. The lab's measurement (:func:`copyguard.pipelines.lab.evaluate.evaluate_memorization`: 4 seeds per prompt,
    DDIM 25 steps, CFG 7.5, SSCD to the prompt's own training image, the lab's calibrated 32 px threshold 0.4,
    FID of 150 held-out captions' generations against the held-out images) on the base model and the three
@@ -46,7 +48,18 @@ from copyguard.pipelines.lab.results import (
     write_result,
 )
 
-__all__ = ["main", "measure", "prepare_data", "row", "run", "summarize", "train_facts", "train_run"]
+__all__ = [
+    "filter_run_name",
+    "filter_sets",
+    "main",
+    "measure",
+    "prepare_data",
+    "row",
+    "run",
+    "summarize",
+    "train_facts",
+    "train_run",
+]
 
 log = logging.getLogger(__name__)
 MODULE = "copyguard.pipelines.lab.filter_evidence"
@@ -181,7 +194,9 @@ def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") 
         **extra,
         "memorized_share_no_filter_pct": share,
         "memorized_share_filter_pct": filt["dup_share_over_threshold_pct"],
-        "memorized_share_curated_pct": rows["curated"]["dup_share_over_threshold_pct"],
+        "memorized_share_curated_pct": rows["curated"]["dup_share_over_threshold_pct"]
+        if "curated" in rows
+        else None,
         "memorized_share_relative_cut": cut,
         "fid_relative_change": None if fid_change is None else round(fid_change, 4),
         "goal_relative_cut": GOAL_RELATIVE_CUT,
@@ -220,28 +235,34 @@ def run(
     note: str = "",
     argv: list[str] | None = None,
     buckets: int = 1,
+    rules: tuple[str, ...] = ("percentile",),
+    mads: float = 4.0,
+    name: str = "train_evidence",
+    curated: bool = True,
 ) -> dict[str, Any]:
-    """Data, the three training runs and the four measurements (each kept in ``work``); the result body.
+    """Data, the training runs (no filter, one per filter rule of ``rules``, curated unless ``curated`` is
+    false) and their measurements (each kept in ``work``); the result body. The first rule's run is the
+    ``filter`` row; with several rules each also has a ``filter_<rule>`` row and a ``by_rule`` summary.
 
     Earlier measurements kept in ``work`` (``<name>.eval.json``, e.g. shorter runs or 12-seed ones) are
     added to the models' rows."""
-    report = begin_result("train_evidence", MODULE, argv, machine)
+    report = begin_result(name, MODULE, argv, machine)
     torch.set_num_threads(1)
     globs = prepare_data(work)
-    flt = [
-        "train.filter.enabled=true",
-        "train.filter.rule=percentile",  # the rule these recorded runs used (the default is now mad)
-        f"train.filter.percentile={percentile}",
-        f"train.filter.calibrate_steps={calibrate}",
-        f"train.filter.timestep_buckets={buckets}",
-    ]
-    filter_dir = work / ("run_filter" if buckets == 1 else f"run_filter_tb{buckets}_p{percentile:g}")
-    runs = {
-        "no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, OFF),
-        "filter": train_run(model, globs["train"], filter_dir, steps, flt),
-        "curated": train_run(model, globs["curated"], work / "run_curated", steps, OFF),
-    }
-    names = {"no_filter": work / "run_nofilter", "filter": filter_dir, "curated": work / "run_curated"}
+    filter_dirs = {rule: work / filter_run_name(rule, percentile, mads, buckets) for rule in rules}
+    runs = {"no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, OFF)}
+    for rule, folder in filter_dirs.items():
+        sets = filter_sets(rule, percentile, mads, calibrate, buckets)
+        runs[f"filter_{rule}"] = train_run(model, globs["train"], folder, steps, sets)
+    if curated:
+        runs["curated"] = train_run(model, globs["curated"], work / "run_curated", steps, OFF)
+    runs["filter"] = runs[f"filter_{rules[0]}"]
+    filter_dir = filter_dirs[rules[0]]
+    names = {"no_filter": work / "run_nofilter", "filter": filter_dir}
+    if curated:
+        names["curated"] = work / "run_curated"
+    if len(rules) > 1:
+        names |= {f"filter_{rule}": folder for rule, folder in filter_dirs.items()}
     rows = {"base": row(measure("base", model, globs["source"], work))}
     rows |= {k: row(measure(v.name, v, globs["source"], work)) for k, v in names.items()}
     for extra in sorted(work.glob("*.eval.json")):
@@ -249,10 +270,13 @@ def run(
         if name not in {"base", *(v.name for v in names.values())}:
             rows[name] = row(json.loads(extra.read_text()))
     for k, training in runs.items():
-        rows[k].update(train_facts(training))
+        if k in rows:
+            rows[k].update(train_facts(training))
     report["settings"] = {
         "model": model,
         "steps": steps,
+        "rules": list(rules),
+        "mads": mads,
         "percentile": percentile,
         "calibrate_steps": calibrate,
         "timestep_buckets": buckets,
@@ -263,7 +287,31 @@ def run(
     }
     report["models"] = rows
     report["summary"] = summarize(rows, filter_dir.name)
+    if len(rules) > 1:
+        report["summary"]["by_rule"] = {
+            rule: summarize({**rows, "filter": rows[f"filter_{rule}"]}, folder.name)
+            for rule, folder in filter_dirs.items()
+        }
     return finish_result(report)
+
+
+def filter_run_name(rule: str, percentile: float, mads: float, buckets: int) -> str:
+    """The run folder of a filter run (the percentile rule keeps the recorded runs' names)."""
+    if rule == "mad":
+        return f"run_filter_mad_k{mads:g}" + ("" if buckets == 1 else f"_tb{buckets}")
+    return "run_filter" if buckets == 1 else f"run_filter_tb{buckets}_p{percentile:g}"
+
+
+def filter_sets(rule: str, percentile: float, mads: float, calibrate: int, buckets: int) -> list[str]:
+    """The ``--set`` overrides of one filter run."""
+    return [
+        "train.filter.enabled=true",
+        f"train.filter.rule={rule}",
+        f"train.filter.percentile={percentile}",
+        f"train.filter.mads={mads}",
+        f"train.filter.calibrate_steps={calibrate}",
+        f"train.filter.timestep_buckets={buckets}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate-steps", type=int, default=50)
     parser.add_argument("--timestep-buckets", type=int, default=1,
                         help="train.filter.timestep_buckets of the filter run (1: one threshold)")  # fmt: skip
+    parser.add_argument("--rules", nargs="+", choices=("percentile", "mad"), default=["percentile"],
+                        help="the filter rules to train with, one run each (the first is the reported filter)")  # fmt: skip
+    parser.add_argument("--mads", type=float, default=4.0, help="train.filter.mads of the mad rule")
+    parser.add_argument("--name", default="train_evidence", help="the result's name (its JSON file)")
+    parser.add_argument("--no-curated", action="store_true", help="skip the run on the curated shards")
     parser.add_argument("--note", default="", help="free text recorded with the settings")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -298,8 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         args.note,
         argv,
         args.timestep_buckets,
+        tuple(dict.fromkeys(args.rules)),
+        args.mads,
+        args.name,
+        not args.no_curated,
     )
-    path = write_result(report, args.out, args.machine, "train_evidence")
+    path = write_result(report, args.out, args.machine, args.name)
     print(json.dumps(report["summary"]), f"wrote {path}")
     return 0
 
