@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
-.PHONY: install test test-install test-min demo demo-quick quality format bench bench-quick bench-gpu clean
+.PHONY: install test test-slow test-all test-install test-min demo demo-quick quality format bench bench-quick bench-gpu clean
 
 install: $(STAMP)
 
@@ -27,7 +27,15 @@ $(STAMP): pyproject.toml setup.py Makefile common/assets.py
 		'(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
 	touch $(STAMP)
 
+# The default suite (< 15 min on 2 cores) leaves out the tests marked slow (tests/conftest.py: the trained tiny
+# lab model, real CLI and multi-process runs); `make test-slow` runs those, `make test-all` both (CI: .ci/run).
 test: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # A plain `pip install '.[curate]'` in a fresh venv (build/venv-curate, no torch): `copyguard assets

@@ -32,7 +32,7 @@ def _captions(data: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def setup(lab_tiny_data: Path, lab_tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def setup(lab_tiny_data: Path, tiny_sd_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A training index of the tiny data (SSCD at 64 px for speed) and a labelled prompt file."""
     root = tmp_path_factory.mktemp("audit")
     samples = {}
@@ -54,14 +54,14 @@ def setup(lab_tiny_data: Path, lab_tiny_model: Path, tmp_path_factory: pytest.Te
     base = [
         "audit",
         "--model",
-        str(lab_tiny_model),
+        str(tiny_sd_folder),
         "--index",
         str(root / "index"),
         "--prompts",
         str(prompts),
     ]
     base += [*FAST, "--set", f"audit.train_images={lab_tiny_data}/*.tar"]
-    return {"root": root, "base": base, "n": len(rows), "data": lab_tiny_data, "model": lab_tiny_model}
+    return {"root": root, "base": base, "n": len(rows), "data": lab_tiny_data, "model": tiny_sd_folder}
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,8 @@ def _save_lora(pipe, directory: Path, rank: int = 4) -> Path:
 def test_lora_that_fits_loads_and_one_that_does_not_is_refused(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, torch_single_thread: None
 ) -> None:
+    from diffusers import UNet2DConditionModel
+
     from copyguard.common.errors import UsageError
     from copyguard.mitigation.audit import load_lora
     from copyguard.mitigation.sd_loader import load_sd_pipeline
@@ -247,7 +249,9 @@ def test_lora_that_fits_loads_and_one_that_does_not_is_refused(
     pipe = load_sd_pipeline(setup["model"], "cpu")
     load_lora(pipe, str(good))
     assert any(pipe.get_list_adapters().values())
-    _save_lora(tiny_pipeline(), tmp_path / "run" / "lora")  # another architecture, in RUN_DIR/lora
+    other = tiny_pipeline()  # another architecture (other UNet widths), in RUN_DIR/lora
+    other.unet = UNet2DConditionModel.from_config({**other.unet.config, "block_out_channels": [64, 64]})
+    _save_lora(other, tmp_path / "run" / "lora")
     with pytest.raises(UsageError, match="does not fit the model"):
         load_lora(load_sd_pipeline(setup["model"], "cpu"), str(tmp_path / "run"))
     assert main([*setup["base"], "--output", str(tmp_path / "o"), "--lora", str(tmp_path / "run")]) == 2

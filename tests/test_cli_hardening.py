@@ -116,8 +116,11 @@ def test_curate_empty_folders_of_a_failed_start_do_not_block_the_rerun(
 # ------------------------------------------------------------------------------------------ interrupts
 
 _SLOW_IMPORTS = """
-import sys, time
+import signal, sys, time
 from copyguard.pipelines import cli
+
+# Ctrl-C as in a terminal: under a shell's background job (e.g. `pytest &`) the child starts with SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def slow_register_all(sub):  # stands in for the seconds spent importing the subcommands
     print("ready", flush=True)

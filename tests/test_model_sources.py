@@ -41,16 +41,16 @@ def _fake_cache(root: Path, repo_id: str, model: Path) -> Path:
 
 
 @pytest.fixture(name="hf_home")
-def hf_home_fixture(lab_tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HF_HOME in tmp with ``org/tiny-sd`` (the tiny lab model) in its hub cache; returns the snapshot."""
+def hf_home_fixture(tiny_sd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HF_HOME in tmp with ``org/tiny-sd`` (a tiny SD folder) in its hub cache; returns the snapshot."""
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    return _fake_cache(tmp_path / "hf", "org/tiny-sd", lab_tiny_model)
+    return _fake_cache(tmp_path / "hf", "org/tiny-sd", tiny_sd_folder)
 
 
-def test_resolves_the_three_kinds(hf_home: Path, lab_tiny_model: Path, tmp_path: Path, no_network) -> None:
-    assert resolve_model_source(lab_tiny_model).kind == "folder"
+def test_resolves_the_three_kinds(hf_home: Path, tiny_sd_folder: Path, tmp_path: Path, no_network) -> None:
+    assert resolve_model_source(tiny_sd_folder).kind == "folder"
     source = resolve_model_source("org/tiny-sd")
     assert (source.kind, source.path) == ("hub_cache", hf_home)
     weights = tmp_path / "model.safetensors"
@@ -61,12 +61,12 @@ def test_resolves_the_three_kinds(hf_home: Path, lab_tiny_model: Path, tmp_path:
         resolve_model_source(tmp_path / "model.ckpt")
 
 
-def test_hub_id_from_the_local_cache_loads_with_no_network(hf_home: Path, lab_tiny_model: Path,
+def test_hub_id_from_the_local_cache_loads_with_no_network(hf_home: Path, tiny_sd_folder: Path,
                                                            no_network) -> None:  # fmt: skip
     from copyguard.train.sd_models import load_models
 
     pipe = load_sd_pipeline("org/tiny-sd", device="cpu")
-    reference = load_sd_pipeline(lab_tiny_model, device="cpu")
+    reference = load_sd_pipeline(tiny_sd_folder, device="cpu")
     for name, value in reference.unet.state_dict().items():
         torch.testing.assert_close(pipe.unet.state_dict()[name], value)
     models = load_models("org/tiny-sd")

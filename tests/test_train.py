@@ -249,24 +249,24 @@ def _fixed_loss(unet, model_dir: Path, shard: str, size: int) -> float:
     return total
 
 
-def test_full_finetune_lowers_the_loss(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+def test_full_finetune_lowers_the_loss(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
                                        torch_single_thread) -> None:  # fmt: skip
     from diffusers import UNet2DConditionModel
 
     from copyguard.train.finetune import run_training
 
-    # New data for the model: its training images at 48 px instead of the 32 px it was trained at.
+    # A random tiny SD (tests/tiny_sd.py, VAE factor 2): full fine-tuning at 16 px must lower its loss.
     shard = str(lab_tiny_data / "shard-000000.tar")
     cfg = _cfg(
-        mode="full", max_steps=40, batch_size=16, lr=1e-3, ema=True, ema_decay=0.9, data={"resolution": 48}
+        mode="full", max_steps=40, batch_size=16, lr=1e-3, ema=True, ema_decay=0.9, data={"resolution": 16}
     )
-    summary = run_training(cfg, lab_tiny_model, shard, tmp_path / "run")
+    summary = run_training(cfg, tiny_sd_folder, shard, tmp_path / "run")
     assert summary["status"] == "complete" and summary["steps"] == 40
     before = _fixed_loss(
-        UNet2DConditionModel.from_pretrained(lab_tiny_model / "unet"), lab_tiny_model, shard, 48
+        UNet2DConditionModel.from_pretrained(tiny_sd_folder / "unet"), tiny_sd_folder, shard, 16
     )
     after = _fixed_loss(
-        UNet2DConditionModel.from_pretrained(tmp_path / "run" / "unet"), lab_tiny_model, shard, 48
+        UNet2DConditionModel.from_pretrained(tmp_path / "run" / "unet"), tiny_sd_folder, shard, 16
     )
     assert after < 0.9 * before, (before, after)
     rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -282,7 +282,7 @@ def yaml_section(path: Path) -> dict:
     return yaml.safe_load(path.read_text())["train"]
 
 
-def test_lora_round_trip_through_load_lora_weights(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+def test_lora_round_trip_through_load_lora_weights(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
                                                    torch_single_thread) -> None:  # fmt: skip
     from diffusers import StableDiffusionPipeline
 
@@ -290,7 +290,7 @@ def test_lora_round_trip_through_load_lora_weights(lab_tiny_model: Path, lab_tin
 
     out = tmp_path / "lora"
     cfg = _cfg(lr=5e-2, max_steps=8, validation={"prompts": ["a red bus"], "every": 8, "steps": 2})
-    run_training(cfg, lab_tiny_model, str(lab_tiny_data / "*.tar"), out)
+    run_training(cfg, tiny_sd_folder, str(lab_tiny_data / "*.tar"), out)
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "validation" / "step-000008" / "00.png").is_file()
 
@@ -299,7 +299,7 @@ def test_lora_round_trip_through_load_lora_weights(lab_tiny_model: Path, lab_tin
         gen = torch.Generator().manual_seed(0)
         return pipe("a red bus", num_inference_steps=4, generator=gen, output_type="np").images[0]
 
-    pipe = StableDiffusionPipeline.from_pretrained(lab_tiny_model)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder)
     base = generate(pipe)
     pipe.load_lora_weights(out)
     tuned = generate(pipe)
@@ -318,7 +318,7 @@ def _lora_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "pytorch_lora_weights.safetensors"))
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
                                                       torch_single_thread) -> None:  # fmt: skip
     data = str(lab_tiny_data / "*.tar")
     sets = ["train.max_steps=36", "train.batch_size=8", "train.threads=1", "train.checkpoint_every=12",
@@ -327,7 +327,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(lab_tiny_model: Path, lab_
     args = [a for s in sets for a in ("--set", s)]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "copyguard.pipelines", "-q", *_cli(lab_tiny_model, data, killed, *args)]
+    cmd = [sys.executable, "-m", "copyguard.pipelines", "-q", *_cli(tiny_sd_folder, data, killed, *args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "checkpoints" / "step-000012" / "trainer_state.json"
     deadline = time.monotonic() + 120
@@ -337,9 +337,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(lab_tiny_model: Path, lab_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "pytorch_lora_weights.safetensors").exists()
-    assert cli_main(["-q", *_cli(lab_tiny_model, data, killed, *args, "--resume", "latest")]) == 0
+    assert cli_main(["-q", *_cli(tiny_sd_folder, data, killed, *args, "--resume", "latest")]) == 0
     straight = tmp_path / "straight"
-    assert cli_main(["-q", *_cli(lab_tiny_model, data, straight, *args)]) == 0
+    assert cli_main(["-q", *_cli(tiny_sd_folder, data, straight, *args)]) == 0
     a, b = _lora_tensors(killed), _lora_tensors(straight)
     assert a.keys() == b.keys() and a
     for k in a:
@@ -350,11 +350,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(lab_tiny_model: Path, lab_
     assert sa["threshold"] == sb["threshold"] and sa["samples_filtered"] == sb["samples_filtered"]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lab_tiny_model: Path, lab_tiny_data: Path,
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_sd_folder: Path, lab_tiny_data: Path,
                                                            tmp_path: Path, torch_single_thread, capsys) -> None:  # fmt: skip
     out = tmp_path / "nan"
     sets = ["train.max_steps=20", "train.checkpoint_every=4", "train.threads=1", "train.debug_nan_at_step=6"]
-    code = cli_main(["-q", *_cli(lab_tiny_model, str(lab_tiny_data / "*.tar"), out,
+    code = cli_main(["-q", *_cli(tiny_sd_folder, str(lab_tiny_data / "*.tar"), out,
                                  *[a for s in sets for a in ("--set", s)])])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
@@ -379,9 +379,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lab_tiny_model: Path,
         (["--resume", "/nonexistent/ckpt"], "not a checkpoint folder"),
     ],
 )
-def test_config_errors_exit_2_with_one_line(lab_tiny_model: Path, lab_tiny_data: Path, tmp_path: Path,
+def test_config_errors_exit_2_with_one_line(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
                                             capsys, extra: list[str], needle: str) -> None:  # fmt: skip
-    code = cli_main(_cli(lab_tiny_model, str(lab_tiny_data / "*.tar"), tmp_path / "r", *extra))
+    code = cli_main(_cli(tiny_sd_folder, str(lab_tiny_data / "*.tar"), tmp_path / "r", *extra))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
 

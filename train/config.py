@@ -57,7 +57,7 @@ class FilterConfig(StrictModel):
     and adapts to the model's scale; ``percentile`` sets the ``percentile``, which always drops its share
     (1% at p99) whatever the data (measured on the lab model: docs/training.md). ``timestep_buckets`` N > 1
     calibrates one threshold per equal-width bucket of ``[0, num_train_timesteps)`` (the magnitude's scale
-    depends on ``t``) and compares each sample with its own bucket's; 1 (default) is the paper's single
+    depends on ``t``) and compares each sample with its own bucket's (default 10); 1 is the paper's single
     threshold. A fixed ``threshold`` stays one number. ``batched``: true makes one UNet call on the
     concatenated (uncond, cond) batch of 2B (the paper's form); false runs the unconditional half as a
     separate no-grad call. ``auto`` (default) batches on CUDA and runs the no-grad call elsewhere: on a
