@@ -167,3 +167,14 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def progress_bar(iterable: Any = None, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar over ``iterable``; off when ``enabled`` is false or the user asked for quiet (``-q`` sets
+    ``TQDM_DISABLE``). tqdm itself reads that variable once, when it is imported, and an explicit ``disable=``
+    overrides it, so every bar of ours goes through here."""
+    from tqdm import tqdm
+
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+    return tqdm(iterable, disable=quiet or not enabled, **kwargs)
+

@@ -28,9 +28,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
+from copyguard.common.runtime import progress_bar
 from copyguard.curation.config import ImagesConfig
 from copyguard.curation.union_find import group_ids
 
@@ -74,7 +74,7 @@ def _as_unit_rows(emb: np.ndarray) -> np.ndarray:
 
 def _batches(n: int, size: int, desc: str):
     starts = range(0, n, size)
-    return tqdm(starts, desc=desc, unit="batch", disable=n < _PROGRESS_MIN, leave=False)
+    return progress_bar(starts, desc=desc, unit="batch", enabled=n >= _PROGRESS_MIN, leave=False)
 
 
 def _range_edges(index, x: np.ndarray, threshold: float, batch: int) -> list[tuple[np.ndarray, ...]]:
@@ -182,7 +182,9 @@ def _ivf_join_edges(
     del probes, flat
     parts = []
     cut = np.float32(threshold - _EPS)
-    for lst in tqdm(range(nlist), desc="IVF join", unit="list", disable=n < _PROGRESS_MIN, leave=False):
+    for lst in progress_bar(
+        range(nlist), desc="IVF join", unit="list", enabled=n >= _PROGRESS_MIN, leave=False
+    ):
         ids = members[member_start[lst] : member_start[lst + 1]]
         queries = probing[probe_start[lst] : probe_start[lst + 1]]
         if not len(ids) or not len(queries):

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-from tqdm import tqdm
 
+from copyguard.common.runtime import progress_bar
 from copyguard.mitigation.config import DetectConfig
 from copyguard.mitigation.magnitude import (
     cfg_trajectory,
@@ -140,5 +140,5 @@ def explain(
     """:func:`token_attribution` for each prompt (one forward+backward per scored step and prompt)."""
     return [
         token_attribution(pipe, p, config)
-        for p in tqdm(prompts, desc="attribution", unit="prompt", disable=not progress)
+        for p in progress_bar(prompts, desc="attribution", unit="prompt", enabled=progress)
     ]

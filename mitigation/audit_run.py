@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
 from copyguard.common.fileops import atomic_write
+from copyguard.common.runtime import progress_bar
 from copyguard.curation.index import TrainingIndex
 from copyguard.mitigation.attribution import token_attribution
 from copyguard.mitigation.audit_metrics import compute_metrics
@@ -277,11 +277,11 @@ class AuditJob:
         gens = self._gen_configs(references, det["threshold"]) if pending else {}
         suffix = "" if state.process_index == 0 else f".{state.process_index}"
         with state.split_between_processes(pending) as mine:
-            bar = tqdm(
+            bar = progress_bar(
                 total=sum(len(b) for b in mine),
                 desc=f"audit[{state.process_index}]",
                 unit="prompt",
-                disable=not self.progress,
+                enabled=self.progress,
                 position=state.process_index,
             )
             with open(self.out / f"results{suffix}.jsonl", "a", encoding="utf-8") as sink:

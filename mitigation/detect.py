@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
+from copyguard.common.runtime import progress_bar
 from copyguard.mitigation.config import DetectConfig
 from copyguard.mitigation.magnitude import cfg_trajectory, initial_latents, latent_shape
 from copyguard.mitigation.prompts import encode_prompts
@@ -71,7 +71,9 @@ class Detector:
         e_0 = self.uncond_embedding()
         out = np.zeros((len(prompts), cfg.generations, cfg.resolved_end - cfg.start))
         starts = range(0, len(prompts), cfg.batch_size)
-        for lo in tqdm(starts, desc="detect", unit="batch", disable=not self.progress or len(starts) < 2):
+        for lo in progress_bar(
+            starts, desc="detect", unit="batch", enabled=self.progress and len(starts) >= 2
+        ):
             batch = prompts[lo : lo + cfg.batch_size]
             e_p = encode_prompts(self.pipe, batch, self.device).to(self.dtype)
             for g, seed in enumerate(cfg.seeds):

@@ -134,8 +134,7 @@ def run_generate(
     where the config leaves them unset (``config`` is updated). ``overwrite``: replace an earlier run's
     outputs in ``out`` (without it they are a UsageError).
     """
-    from tqdm import tqdm
-
+    from copyguard.common.runtime import progress_bar
     from copyguard.mitigation.generate import generate_images
 
     out = Path(out)
@@ -162,7 +161,7 @@ def run_generate(
     _clear(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = []
-    for item in tqdm(items, total=total, desc="generate", unit="img", disable=not progress):
+    for item in progress_bar(items, total=total, desc="generate", unit="img", enabled=progress):
         name = f"images/p{item.prompt_index:05d}_s{item.seed}.png"
         item.image.save(out / name)
         records.append({**item.record, "image": name})

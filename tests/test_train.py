@@ -397,3 +397,28 @@ def test_missing_model_and_data_exit_2(lab_tiny_data: Path, tmp_path: Path, caps
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("copyguard")]
     assert len(lines) == 1 and "train.batch_size" in lines[0]
+
+
+def test_quiet_turns_off_the_training_bar(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path) -> None:
+    """``copyguard -q train`` prints no progress bar (tqdm reads TQDM_DISABLE only at import, and the trainer's
+    explicit ``disable=`` overrode it: the bar showed under ``-q``)."""
+    sets = ["train.max_steps=3", "train.threads=1", "train.filter.enabled=false"]
+    argv = _cli(
+        tiny_sd_folder, str(lab_tiny_data / "*.tar"), tmp_path / "q", *[a for s in sets for a in ("--set", s)]
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    res = subprocess.run([sys.executable, "-m", "copyguard.pipelines", "-q", *argv], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "train:" not in res.stderr and "it/s" not in res.stderr, res.stderr[-2000:]
+
+
+def test_progress_bar_is_off_when_quiet_or_not_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from copyguard.common.runtime import progress_bar
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not progress_bar(range(2)).disable and progress_bar(range(2), enabled=False).disable
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_bar(range(2)).disable
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert not progress_bar(range(2)).disable

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
 from copyguard.common.fileops import atomic_write
-from copyguard.common.runtime import choose_threads, peak_rss_mib
+from copyguard.common.runtime import choose_threads, peak_rss_mib, progress_bar
 from copyguard.train.checkpoints import (
     EMA_FILE,
     RESUME_KEYS,
@@ -286,14 +285,14 @@ class _Trainer:
             self.paths, cfg.data, self.resolution, cfg.batch_size, cfg.seed, acc.num_processes
         )
         it = iter(loader)
-        for _ in tqdm(
-            range(step * cfg.grad_accum), desc="skip consumed batches", leave=False, disable=not step
+        for _ in progress_bar(
+            range(step * cfg.grad_accum), desc="skip consumed batches", leave=False, enabled=bool(step)
         ):
             next(it)
         last_ckpt = find_checkpoint(out, "latest") if step else None
         loss_avg, status = float("nan"), "complete"
-        bar = tqdm(
-            range(step, cfg.max_steps), desc="train", initial=step, total=cfg.max_steps, disable=not self.main
+        bar = progress_bar(
+            range(step, cfg.max_steps), desc="train", initial=step, total=cfg.max_steps, enabled=self.main
         )
         try:
             for step in bar:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
 from copyguard.common.fileops import expand_paths
+from copyguard.common.runtime import progress_bar
 from copyguard.curation.images import ImageDecodeError, to_rgb_array
 from copyguard.curation.records import Rejection
 from copyguard.curation.shards import iter_samples
@@ -179,7 +179,7 @@ def load_lab_data(pattern: str | list[str], resolution: int, heldout: int, seed:
     images: list[np.ndarray] = []
     hashes: list[str] = []
     rejections: Counter = Counter()
-    for rec in tqdm(iter_samples(paths), desc="read shards", unit="sample", leave=False):
+    for rec in progress_bar(iter_samples(paths), desc="read shards", unit="sample", leave=False):
         if isinstance(rec, Rejection):
             rejections[str(rec.reason)] += 1
             continue

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from copyguard.common.runtime import progress_bar
 from copyguard.pipelines.lab.sample_captions import (
     case_variants,
     load_caption_pool,
@@ -81,8 +81,8 @@ def planted_descriptors(
     popularity = rng.lognormal(0.0, 1.0, k)
     assign = rng.choice(k, size=n, p=popularity / popularity.sum())
     x = np.empty((n, d), dtype=np.float32)
-    for start in tqdm(
-        range(0, n, _CHUNK), desc="generate", unit="chunk", disable=n < 10 * _CHUNK, leave=False
+    for start in progress_bar(
+        range(0, n, _CHUNK), desc="generate", unit="chunk", enabled=n >= 10 * _CHUNK, leave=False
     ):
         stop = min(n, start + _CHUNK)
         a = rng.uniform(*CENTRE_WEIGHT, stop - start).astype(np.float32)[:, None]

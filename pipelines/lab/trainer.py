@@ -32,10 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from tqdm import tqdm
 
 from copyguard.common.errors import UsageError
-from copyguard.common.runtime import choose_threads, resolve_device
+from copyguard.common.runtime import choose_threads, progress_bar, resolve_device
 from copyguard.pipelines.lab.architecture import (
     build_clip_tokenizer,
     build_scheduler,
@@ -143,7 +142,7 @@ def _train_vae(vae, data: LabData, preset: LabPresetConfig, ctx: dict[str, Any])
         log.info("vae: resumed at step %d/%d", start, spec.steps)
     images = _to_float(data.images)
     vae.to(device).train()
-    bar = tqdm(range(start, spec.steps), desc="vae", initial=start, total=spec.steps, unit="step")
+    bar = progress_bar(range(start, spec.steps), desc="vae", initial=start, total=spec.steps, unit="step")
     for step in bar:
         if ctx["stop"] == ("vae", step):
             return math.nan
@@ -207,7 +206,7 @@ def _train_unet(unet, text_encoder, lat: tuple[torch.Tensor, ...], ids: np.ndarr
     scale = ctx["scaling_factor"]
     ids_t, empty_t = torch.from_numpy(ids), torch.from_numpy(empty)
     acp = noise_sched.alphas_cumprod
-    bar = tqdm(range(start, spec.steps), desc="unet", initial=start, total=spec.steps, unit="step")
+    bar = progress_bar(range(start, spec.steps), desc="unet", initial=start, total=spec.steps, unit="step")
     for step in bar:
         if ctx["stop"] == ("unet", step):
             return math.nan
