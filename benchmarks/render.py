@@ -72,6 +72,7 @@ SOURCES: dict[str, str] = {
     "mitigation": "mitigation/",
     "train": _TRAIN,
     "train_evidence": _TRAIN,
+    "train_evidence_rules": _TRAIN,
     "bench_gpu": f"mitigation/ benchmarks/gpu_ {_TRAIN} {_LAB}",
 }
 

@@ -262,11 +262,20 @@ def test_filter_evidence_summary_judges_the_filter_goal() -> None:
     assert not filter_evidence.summarize({**rows, "filter": row(5.0, 110.0)})["passes"]  # FID +10 %
     none = filter_evidence.summarize({**rows, "no_filter": row(0.0, 100.0)})
     assert none["memorized_share_relative_cut"] is None and not none["passes"]  # nothing to cut
+    gone = row(0.0, 101.0)
+    one = filter_evidence.summarize(
+        {**rows, "no_filter": {**row(3.125, 100.0), "dup_generations": 32}, "filter": gone}
+    )
+    assert one["memorized_share_relative_cut"] == 1.0 and one["passes"] is None  # 1 of 32: not judged
+    five = filter_evidence.summarize(
+        {**rows, "no_filter": {**row(15.625, 100.0), "dup_generations": 32}, "filter": gone}
+    )
+    assert five["passes"] is True  # 5 of 32 memorized, all gone
     own = {"sscd_own": {"pct_gt_0.4": 30.0, "top5pct": 0.7, "mean": 0.3}}
     measured = {"threshold": 0.4, "all_dup": own, "fid": {"fid": 12.5},
                 "by_copies": {"unique": {"sscd_own": {"pct_gt_0.4": 1.0}}, "25": own}}  # fmt: skip
     assert filter_evidence.row(measured) == {
-        "dup_share_over_threshold_pct": 30.0, "dup_top5pct": 0.7, "dup_mean": 0.3,
+        "dup_share_over_threshold_pct": 30.0, "dup_top5pct": 0.7, "dup_mean": 0.3, "dup_generations": None,
         "unique_share_over_threshold_pct": 1.0, "fid": 12.5, "copies_25_share_pct": 30.0,
     }  # fmt: skip
 

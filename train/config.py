@@ -54,7 +54,8 @@ class FilterConfig(StrictModel):
     ``threshold`` fixed, or (when None) calibrated from the magnitudes seen over the first ``calibrate_steps``
     optimizer steps (nothing is filtered while calibrating) by ``rule``: ``mad`` (default) sets
     ``median + mads * 1.4826 * MAD``, which drops (almost) nothing from data without a memorization signal
-    and adapts to the model's scale; ``percentile`` sets the ``percentile``, which always drops its share
+    on a model whose magnitudes do not drift after calibration (a fine-tune on new data drifts: measured in
+    docs/training.md) and adapts to the model's scale; ``percentile`` sets the ``percentile``, which always drops its share
     (1% at p99) whatever the data (measured on the lab model: docs/training.md). ``timestep_buckets`` N > 1
     calibrates one threshold per equal-width bucket of ``[0, num_train_timesteps)`` (the magnitude's scale
     depends on ``t``) and compares each sample with its own bucket's (default 10); 1 is the paper's single

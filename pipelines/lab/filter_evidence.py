@@ -70,6 +70,7 @@ SAMPLE_SETS = [f"{PRESET}.unique=500", f"{PRESET}.image_groups=4", f"{PRESET}.ca
 HELDOUT = 150
 GOAL_RELATIVE_CUT = 0.8
 GOAL_FID_CHANGE = 0.05
+MIN_MEMORIZED = 5  # memorized generations of the unfiltered run below which the goal is not judged
 
 
 def _copyguard(*args: str) -> None:
@@ -154,6 +155,7 @@ def row(res: dict[str, Any]) -> dict[str, Any]:
         "dup_share_over_threshold_pct": res["all_dup"]["sscd_own"][thr],
         "dup_top5pct": res["all_dup"]["sscd_own"]["top5pct"],
         "dup_mean": res["all_dup"]["sscd_own"]["mean"],
+        "dup_generations": res["all_dup"]["sscd_own"].get("n"),
         "unique_share_over_threshold_pct": res["by_copies"]["unique"]["sscd_own"][thr],
         "fid": res["fid"]["fid"],
     }
@@ -164,7 +166,8 @@ def row(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") -> dict[str, Any]:
-    """The goal: the filter cuts the planted pairs' memorized share by >= 80 % for <= 5 % FID change.
+    """The goal: the filter cuts the planted pairs' memorized share by >= 80 % for <= 5 % FID change
+    (``passes`` None when the unfiltered run memorized fewer than :data:`MIN_MEMORIZED` generations).
 
     ``filter_name``: the filter run's folder name; ``<name>_s12`` rows (the same models measured with 12
     seeds per prompt, kept in the work folder) add the 12-seed figures."""
@@ -179,6 +182,9 @@ def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") 
 
     plain, filt = rows["no_filter"], rows["filter"]
     share = plain["dup_share_over_threshold_pct"]
+    # a cut of one or two memorized generations is noise: judge only with MIN_MEMORIZED of them unfiltered
+    n = plain.get("dup_generations")
+    judged = n is None or share * n / 100 >= MIN_MEMORIZED - 1e-9
     cut = cut_of(plain, filt)
     fid_change = relative_change_pct(filt["fid"], plain["fid"])
     fid_change = None if fid_change is None else fid_change / 100
@@ -201,7 +207,9 @@ def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") 
         "fid_relative_change": None if fid_change is None else round(fid_change, 4),
         "goal_relative_cut": GOAL_RELATIVE_CUT,
         "goal_fid_change": GOAL_FID_CHANGE,
-        "passes": cut is not None
+        "passes": None
+        if not judged
+        else cut is not None
         and cut >= GOAL_RELATIVE_CUT
         and fid_change is not None
         and abs(fid_change) <= GOAL_FID_CHANGE,
