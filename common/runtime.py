@@ -177,4 +177,3 @@ def progress_bar(iterable: Any = None, *, enabled: bool = True, **kwargs: Any) -
 
     quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
     return tqdm(iterable, disable=quiet or not enabled, **kwargs)
-
