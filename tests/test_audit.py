@@ -280,6 +280,7 @@ def _tiny_clip(directory: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_nl2_baseline_clip_alignment_and_fid(setup: dict, tmp_path: Path, torch_single_thread: None) -> None:
     out = tmp_path / "o"
     argv = [
@@ -307,6 +308,7 @@ def test_nl2_baseline_clip_alignment_and_fid(setup: dict, tmp_path: Path, torch_
     assert "nL2" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_resume_after_sigkill(setup: dict, tmp_path: Path, torch_single_thread: None) -> None:
     """A real kill -9 of a running audit, then the same command: finished prompts are skipped."""
     import os

@@ -135,6 +135,7 @@ def test_resume_on_a_finished_output_does_nothing(clean: dict, capsys: pytest.Ca
     assert _snapshot(out) == before
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(clean: dict) -> None:
     seed = int(os.environ.get("COPYGUARD_FAULT_SEED", random.randrange(2**32)))
     delay = random.Random(seed).uniform(0.5, max(0.6, clean["seconds"]))

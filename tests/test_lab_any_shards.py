@@ -181,6 +181,7 @@ def _fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run_module, "train_lab_model", train)
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_card_failure_keeps_the_model_and_eval_only_reruns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -220,6 +221,7 @@ def test_card_failure_keeps_the_model_and_eval_only_reruns(
     assert "| 30 |" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_no_duplicates_still_measures_unique_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pattern = _shards(tmp_path / "data", [(f"u{i}", f"caption {i}", jpeg_bytes(i, 16)) for i in range(6)])
     _fake_training(monkeypatch)

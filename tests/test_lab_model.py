@@ -120,6 +120,7 @@ def _unet_weights(folder: Path) -> dict[str, torch.Tensor]:
     return torch.load(folder / "checkpoints" / "unet.pt", map_location="cpu", weights_only=True)["unet"]
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_resume_continues_like_an_uninterrupted_run(lab_tiny_data: Path, tmp_path: Path) -> None:
     cfg = _micro()
     pattern = str(lab_tiny_data / "*.tar")

@@ -318,6 +318,7 @@ def _lora_tensors(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "pytorch_lora_weights.safetensors"))
 
 
+@pytest.mark.slow  # a real run killed and resumed, or a full lab/eval run: minutes
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
                                                       torch_single_thread) -> None:  # fmt: skip
     data = str(lab_tiny_data / "*.tar")
