@@ -53,6 +53,29 @@ def test_caption_pairs_merge_or_not(built: Path) -> None:
     assert all(by_group[r["caption_group"]] == 1 for r in split)
 
 
+def test_no_sample_carries_the_source_of_another_samples_caption_pair(built: Path) -> None:
+    """A caption pair made from pool caption X ("X - SKU 1", "X - SKU 2") must not sit beside a sample whose
+    caption is X: that sample is a near-duplicate of the pair that the ground truth labels apart (it was, 3
+    times in seed 0, and the job's correct merges scored as false ones)."""
+    import tarfile
+
+    from copyguard.pipelines.lab.caption_pairs import caption_pair_set
+
+    rows = {r["key"]: r for r in _rows(built)}
+    captions = {}
+    for shard in sorted(built.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if m.name.endswith(".txt") and m.name[:-4] in rows:
+                    captions[m.name[:-4]] = tar.extractfile(m).read().decode("utf-8", "replace")
+    planted = {captions[k] for k, r in rows.items() if r["kind"].startswith("caption_") and k in captions}
+    sources = {p.source for p in caption_pair_set(SampleDataConfig(preset="hard").counts.caption_groups, seed=0)
+               if p.a in planted}  # fmt: skip
+    assert sources
+    others = {c for k, c in captions.items() if not rows[k]["kind"].startswith("caption_")}
+    assert not sources & others
+
+
 def test_halves_are_disjoint_and_cover_everything() -> None:
     items = list(range(101))
     tuning, heldout = _half(items, 0), _half(items, 1)

@@ -54,12 +54,15 @@ _STOP_SWAPS = {"on": "in", "in": "on", "at": "in", "is": "", "are": "", "of": ""
 
 @dataclass(frozen=True)
 class CaptionPair:
-    """Two captions, whether they are near-duplicates (``duplicate``) and the edit that made ``b``."""
+    """Two captions, whether they are near-duplicates (``duplicate``), the edit that made ``b`` and the pool
+    caption both were made from (``source``: a sample elsewhere must not carry it, or it would be a third,
+    unlabelled near-duplicate)."""
 
     a: str
     b: str
     duplicate: bool
     edit: str
+    source: str = ""
 
 
 def _replace_word(words: list[str], index: int, new: str) -> str:
@@ -177,7 +180,7 @@ def _pairs(
             if not duplicate and any(len(canonical_tokens(t)) > SHORT_CAPTION_WORDS for t in pair):
                 continue  # only short captions: a one-word change in a long caption may stay a near-duplicate
             seen.add(pair)
-            out.append(CaptionPair(pair[0], pair[1], duplicate, edit))
+            out.append(CaptionPair(pair[0], pair[1], duplicate, edit, captions[int(i)]))
         if len(out) == before:
             break
     return out

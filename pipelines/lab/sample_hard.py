@@ -112,9 +112,11 @@ def _plant_caption_pairs(
     """Each caption pair over two fresh unique images; ``pairs`` maps each planted index to its partner."""
     cfg = builder.cfg
     for pair in caption_pair_set(builder.counts.caption_groups, seed=cfg.seed):
-        if pair.a in builder._used or pair.b in builder._used or pair.a == pair.b:
+        # a sample that already carries the pair's source caption (or either caption) would be an unlabelled
+        # near-duplicate of the pair (e.g. "X" beside "X - SKU 1" and "X - SKU 2"): skip the pair
+        if {pair.a, pair.b, pair.source} & builder._used or pair.a == pair.b:
             continue
-        builder._used.update((pair.a, pair.b))
+        builder._used.update((pair.a, pair.b, pair.source))
         kind = f"caption_{'merge' if pair.duplicate else 'split'}_{pair.edit}"
         drawn = [next(tiles, None), next(tiles, None)]
         if drawn[1] is None:
