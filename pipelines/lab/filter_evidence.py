@@ -80,8 +80,8 @@ def _copyguard(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def prepare_data(work: Path) -> dict[str, str]:
-    """Sample data, the held-out split and the curated shards; returns the globs."""
+def prepare_data(work: Path, curate: bool = True) -> dict[str, str]:
+    """Sample data, the held-out split and (with ``curate``) the curated shards; returns the globs."""
     from copyguard.curation.records import Sample
     from copyguard.curation.shards import ShardWriter, iter_samples
     from copyguard.pipelines.lab.data import load_lab_data
@@ -97,7 +97,7 @@ def prepare_data(work: Path) -> dict[str, str]:
                 if isinstance(s, Sample) and s.key not in held:
                     writer.write(s)
         shutil.copy(src / "ground_truth.jsonl", train / "ground_truth.jsonl")
-    if not (curated / "report.json").is_file():
+    if curate and not (curated / "report.json").is_file():
         _copyguard("curate", "--input", str(train / "*.tar"), "--output", str(curated), "--overwrite")
     return {
         "source": str(src / "*.tar"),
@@ -256,7 +256,7 @@ def run(
     added to the models' rows."""
     report = begin_result(name, MODULE, argv, machine)
     torch.set_num_threads(1)
-    globs = prepare_data(work)
+    globs = prepare_data(work, curate=curated)
     filter_dirs = {rule: work / filter_run_name(rule, percentile, mads, buckets) for rule in rules}
     runs = {"no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, OFF)}
     for rule, folder in filter_dirs.items():
