@@ -298,6 +298,36 @@ def test_filter_evidence_runs_select_their_rule_in_the_trainer_config() -> None:
     assert fe.filter_run_name("percentile", 95, 4, 1) == "run_filter"  # the recorded runs' folder
     assert fe.filter_run_name("mad", 95, 4, 1) == "run_filter_mad_k4"
     assert fe.filter_run_name("mad", 95, 4, 10) == "run_filter_mad_k4_tb10"
+    assert fe.filter_run_name("mad", 95, 4, 10, 20) == "run_filter_mad_k4_tb10_re20"
+    again = load_config(TrainConfig, "train", overrides=fe.filter_sets("mad", 90.0, 3.0, 20, 10, 20)).filter
+    assert again.recalibrate_every == 20 and flt.recalibrate_every == 0
+
+
+def test_filter_evidence_drop_shares_count_each_kinds_draws(tmp_path: Path) -> None:
+    """The share of each kind's draws a run's filter dropped: its filtered rows over the kind's expected
+    draws (samples seen spread over the training keys in the shards; keys outside them do not count)."""
+    import io
+    import tarfile
+
+    from copyguard.pipelines.lab.filter_evidence import drop_shares
+
+    data, run = tmp_path / "train", tmp_path / "run"
+    data.mkdir()
+    run.mkdir()
+    kinds = {"a": "unique", "b": "unique", "c": "unique", "d": "dup_pair", "e": "unique"}  # e: not trained
+    with tarfile.open(data / "shard-000000.tar", "w") as tar:
+        for key in "abcd":
+            for ext in ("jpg", "txt"):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = 1
+                tar.addfile(info, io.BytesIO(b"x"))
+    (data / "ground_truth.jsonl").write_text(
+        "".join(json.dumps({"key": k, "kind": v}) + "\n" for k, v in kinds.items())
+    )
+    (run / "training.json").write_text(json.dumps({"filter": {"samples_seen": 40}}))  # 10 draws per key
+    rows = [{"key": "d"}] * 5 + [{"key": "a"}] * 3
+    (run / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert drop_shares(run, str(data / "*.tar")) == {"dup_pair": 50.0, "unique": 10.0}
 
 
 def test_lab_model_summary_reads_the_model_card_figures(

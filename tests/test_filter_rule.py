@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from copyguard.mitigation.magnitude import robust_threshold
 from copyguard.train.config import FilterConfig
@@ -87,3 +90,68 @@ def test_rule_table_counts_clean_and_duplicated_draws_per_rule() -> None:
     p95 = table["p95"]
     share = (n_clean * p95["clean_dropped_pct"] + n_dup * p95["duplicated_dropped_pct"]) / (n_clean + n_dup)
     assert 3.0 < share < 7.0
+
+
+def _drifting_run(
+    recalibrate_every: int, steps: int = 200, batch: int = 32
+) -> tuple[float, float, MagnitudeFilter]:
+    """A fine-tune's magnitudes: the clean ones' scale grows 1 -> 2.5 over ``steps`` (the text conditioning
+    of the new data grows), and 1 sample in 16 is memorized at 4x the current scale. Driven as the trainer
+    drives the filter (keep, record with the 1-based step, end_step with the 0-based one). Returns the
+    shares of clean and memorized draws dropped."""
+    rng = np.random.default_rng(7)
+    flt = MagnitudeFilter(
+        FilterConfig(calibrate_steps=10, timestep_buckets=1, recalibrate_every=recalibrate_every)
+    )
+    dropped = {True: [0, 0], False: [0, 0]}
+    for step in range(steps):
+        scale = 1.0 + 1.5 * step / steps
+        memorized = np.arange(batch) % 16 == 0
+        mags = scale * _clean(rng, batch) * np.where(memorized, 4.0, 1.0)
+        keep = flt.keep(torch.tensor(mags, dtype=torch.float32))
+        flt.record(
+            step + 1, [f"s{step}_{i}" for i in range(batch)], [500] * batch, mags.tolist(), keep.tolist()
+        )
+        flt.end_step(step)
+        if flt.calibrated_at is not None and step + 1 > flt.calibrated_at:
+            for mem, k in zip(memorized, keep.tolist(), strict=True):
+                dropped[bool(mem)][0] += 1
+                dropped[bool(mem)][1] += int(k < 0.5)
+    return dropped[False][1] / dropped[False][0], dropped[True][1] / dropped[True][0], flt
+
+
+def test_recalibration_follows_drifting_magnitudes_and_still_drops_the_outliers() -> None:
+    clean_fixed, mem_fixed, fixed = _drifting_run(0)
+    clean_re, mem_re, flt = _drifting_run(5)
+    assert fixed.recalibrations == 0 and clean_fixed > 0.1  # the first calibration goes stale
+    assert flt.recalibrations == (200 - 10) // 5 and clean_re < 0.02
+    assert mem_re > 0.8  # the memorized minority still stands out of the moving bulk
+    assert "recomputed every 5 steps over the last 10" in flt.source
+    # the window is the last calibrate_steps steps: the thresholds are the rule over exactly those
+    assert set(flt.calibration_step) == set(range(191, 201)) and len(flt.calibration) == 10 * 32
+    assert flt.threshold == pytest.approx(robust_threshold(flt.calibration, 4.0))
+
+
+def test_recalibrating_filter_resumes_exactly() -> None:
+    spec = FilterConfig(calibrate_steps=3, timestep_buckets=2, recalibrate_every=2)
+    rng = np.random.default_rng(11)
+    batches = [(list((1 + s / 10) * _clean(rng, 24)), list(rng.integers(0, 1000, 24))) for s in range(12)]
+
+    def run(flt: MagnitudeFilter, steps: range) -> list:
+        out = []
+        for step in steps:
+            mags, ts = batches[step]
+            keep = flt.keep(torch.tensor(mags), torch.tensor(ts)).tolist()
+            flt.record(step + 1, [f"k{i}" for i in range(24)], ts, mags, keep)
+            flt.end_step(step)
+            out.append((flt.threshold, flt.thresholds, keep))
+        return out
+
+    whole = MagnitudeFilter(spec)
+    straight = run(whole, range(12))
+    first = MagnitudeFilter(spec)
+    head = run(first, range(6))
+    resumed = MagnitudeFilter(spec)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert head + run(resumed, range(6, 12)) == straight
+    assert resumed.summary() == whole.summary() and whole.recalibrations == 4

@@ -59,7 +59,9 @@ class FilterConfig(StrictModel):
     (1% at p99) whatever the data (measured on the lab model: docs/training.md). ``timestep_buckets`` N > 1
     calibrates one threshold per equal-width bucket of ``[0, num_train_timesteps)`` (the magnitude's scale
     depends on ``t``) and compares each sample with its own bucket's (default 10); 1 is the paper's single
-    threshold. A fixed ``threshold`` stays one number. ``batched``: true makes one UNet call on the
+    threshold. A fixed ``threshold`` stays one number. ``recalibrate_every`` R > 0 (calibrated thresholds only)
+    recomputes the thresholds every R optimizer steps from the magnitudes of the last ``calibrate_steps``
+    steps, so the rule follows the magnitudes as a fine-tune moves them; 0 keeps the first calibration. ``batched``: true makes one UNet call on the
     concatenated (uncond, cond) batch of 2B (the paper's form); false runs the unconditional half as a
     separate no-grad call. ``auto`` (default) batches on CUDA and runs the no-grad call elsewhere: on a
     compute-bound CPU the batched call's backward over 2B samples costs more than one extra no-grad forward
@@ -72,6 +74,7 @@ class FilterConfig(StrictModel):
     mads: float = Field(4.0, gt=0)
     percentile: float = Field(99.0, gt=0, lt=100)
     calibrate_steps: int = Field(20, ge=1)
+    recalibrate_every: int = Field(0, ge=0)
     timestep_buckets: int = Field(10, ge=1)
     batched: bool | Literal["auto"] = "auto"
 

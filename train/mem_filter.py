@@ -12,6 +12,12 @@ samples with ``m_i >= tau`` leave that step's loss (they stay in the data set). 
   ``median + k * 1.4826 * MAD`` (a robust outlier cut, our default: it drops almost nothing when no sample
   stands out), or a percentile as in Wen et al.'s public code (which always drops that share).
 
+Recalibration (our extension, ``FilterConfig.recalibrate_every = R > 0``): a fine-tune on new data moves the
+magnitudes after the first K steps (the text conditioning of every sample grows), so a threshold fixed at step
+K drops ever more clean samples. With R > 0 the thresholds are recomputed every R steps from the magnitudes of
+the last K steps (a sliding window; filtered samples included, which a robust rule tolerates), so the cut
+follows the bulk and still stands out the samples above it.
+
 Timestep buckets (our extension, ``FilterConfig.timestep_buckets = N > 1``): ``m_i``'s scale depends strongly on
 ``t_i``, so one calibrated ``tau`` never catches a memorized sample drawn at a low ``t``. With N buckets the
 calibration sets one ``tau_b`` per equal-width bucket of ``[0, num_train_timesteps)`` (the rule applied to that
@@ -123,7 +129,9 @@ class MagnitudeFilter:
         self.source = "fixed" if spec.threshold is not None else "calibrating"
         self.calibration: list[float] = []
         self.calibration_t: list[int] = []
+        self.calibration_step: list[int] = []  # each calibration magnitude's optimizer step (1-based)
         self.calibrated_at: int | None = None
+        self.recalibrations = 0
         self.seen = 0
         self.filtered = 0
         self.key_counts: Counter = Counter()
@@ -167,9 +175,10 @@ class MagnitudeFilter:
         self.seen += len(keys)
         taus = self.sample_thresholds([int(t) for t in timesteps])
         for key, t, m, k, tau in zip(keys, timesteps, magnitudes, keep, taus, strict=True):
-            if self.threshold is None and self.enabled:
+            if self.enabled and (self.threshold is None or self.recalibrating):
                 self.calibration.append(float(m))
                 self.calibration_t.append(int(t))
+                self.calibration_step.append(int(step))
             if k < 0.5:
                 rows.append({"key": key, "step": step, "timestep": int(t), "magnitude": round(float(m), 6),
                              "threshold": None if tau is None else round(float(tau), 6)})  # fmt: skip
@@ -180,24 +189,55 @@ class MagnitudeFilter:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)
         return rows
 
+    @property
+    def recalibrating(self) -> bool:
+        """Whether calibrated thresholds are recomputed every ``recalibrate_every`` steps."""
+        return self.spec.recalibrate_every > 0 and self.spec.threshold is None
+
     def end_step(self, step: int) -> None:
-        """After optimizer step ``step`` (0-based): set the calibrated threshold once K steps are seen."""
-        if self.enabled and self.threshold is None and step + 1 >= self.spec.calibrate_steps:
-            if not self.calibration:
-                raise RuntimeError("no magnitudes collected for the filter calibration")
-            n_b, spec = self.spec.timestep_buckets, self.spec
-            self.threshold, per = bucket_thresholds(
-                self.calibration, self.calibration_t, spec, n_b, self.num_train_timesteps
-            )
-            rule = f"median + {spec.mads:g} MAD" if spec.rule == "mad" else f"p{spec.percentile:g}"
-            self.source = f"{rule} of {len(self.calibration)} magnitudes"
-            if n_b > 1:
-                self.thresholds = per
-                self.source += f" in {n_b} timestep buckets"
+        """After optimizer step ``step`` (0-based): set the calibrated threshold once K steps are seen, and
+        recompute it every ``recalibrate_every`` steps after that from the last K steps' magnitudes."""
+        if not self.enabled:
+            return
+        if self.threshold is None and step + 1 >= self.spec.calibrate_steps:
+            self._calibrate(step + 1)
             self.calibrated_at = step + 1
             log.info("filter threshold %.4f (%s, after %d steps)", self.threshold, self.source, step + 1)
             if self.thresholds is not None:
                 log.info("filter bucket thresholds: %s", ", ".join(f"{x:.4f}" for x in self.thresholds))
+        elif self._recalibration_due(step + 1):
+            oldest = step + 1 - self.spec.calibrate_steps  # keep steps oldest+1 .. step+1
+            first = next(
+                (i for i, s in enumerate(self.calibration_step) if s > oldest), len(self.calibration)
+            )
+            del self.calibration[:first], self.calibration_t[:first], self.calibration_step[:first]
+            self._calibrate(step + 1)
+            self.recalibrations += 1
+            log.debug("filter recalibrated at step %d: %.4f (%s)", step + 1, self.threshold, self.source)
+
+    def _recalibration_due(self, done: int) -> bool:
+        """Whether the thresholds are recomputed after ``done`` (1-based) optimizer steps."""
+        if not self.recalibrating or self.calibrated_at is None:
+            return False
+        return (done - self.calibrated_at) % self.spec.recalibrate_every == 0
+
+    def _calibrate(self, step: int) -> None:
+        """Set the threshold(s) from the collected magnitudes (after 1-based optimizer step ``step``)."""
+        if not self.calibration:
+            raise RuntimeError("no magnitudes collected for the filter calibration")
+        n_b, spec = self.spec.timestep_buckets, self.spec
+        self.threshold, per = bucket_thresholds(
+            self.calibration, self.calibration_t, spec, n_b, self.num_train_timesteps
+        )
+        rule = f"median + {spec.mads:g} MAD" if spec.rule == "mad" else f"p{spec.percentile:g}"
+        self.source = f"{rule} of {len(self.calibration)} magnitudes"
+        if n_b > 1:
+            self.thresholds = per
+            self.source += f" in {n_b} timestep buckets"
+        if self.recalibrating:
+            self.source += (
+                f", recomputed every {spec.recalibrate_every} steps over the last {spec.calibrate_steps}"
+            )
 
     def open_log(self, path: Path, resumed_step: int) -> None:
         """Log to ``path``; keep only rows of steps ``<= resumed_step`` (1-based; 0 starts a fresh file)."""
@@ -217,7 +257,9 @@ class MagnitudeFilter:
             "source": self.source,
             "calibration": self.calibration,
             "calibration_t": self.calibration_t,
+            "calibration_step": self.calibration_step,
             "calibrated_at": self.calibrated_at,
+            "recalibrations": self.recalibrations,
             "seen": self.seen,
             "filtered": self.filtered,
             "key_counts": dict(self.key_counts),
@@ -231,7 +273,10 @@ class MagnitudeFilter:
         self.source = state["source"]
         self.calibration = list(state["calibration"])
         self.calibration_t = [int(t) for t in state.get("calibration_t", [])]
+        steps = [int(s) for s in state.get("calibration_step", [])]  # absent before recalibration: oldest
+        self.calibration_step = [0] * (len(self.calibration) - len(steps)) + steps
         self.calibrated_at = state["calibrated_at"]
+        self.recalibrations = int(state.get("recalibrations", 0))
         self.seen, self.filtered = int(state["seen"]), int(state["filtered"])
         self.key_counts = Counter(state["key_counts"])
 
@@ -244,6 +289,7 @@ class MagnitudeFilter:
             "bucket_thresholds": self.thresholds,
             "threshold_source": self.source if self.enabled else None,
             "calibrated_at_step": self.calibrated_at,
+            "recalibrations": self.recalibrations,
             "samples_seen": self.seen,
             "samples_filtered": self.filtered,
             "filtered_share": self.filtered / self.seen if self.seen else 0.0,

@@ -35,6 +35,8 @@ import logging
 import shutil
 import subprocess
 import sys
+import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +222,31 @@ def summarize(rows: dict[str, dict[str, Any]], filter_name: str = "run_filter") 
 
 
 FILTER_FACTS = ("threshold", "bucket_thresholds", "threshold_source", "samples_seen", "samples_filtered",
-                "unique_keys_filtered")  # fmt: skip
+                "unique_keys_filtered", "recalibrations")  # fmt: skip
+
+
+def drop_shares(run_dir: Path, train_glob: str) -> dict[str, float]:
+    """Share (%) of the draws of each ground-truth kind that the filter dropped in run ``run_dir``: its
+    ``filtered.jsonl`` rows of that kind over the kind's expected draws (``samples_seen`` spread evenly over
+    the training keys, which every epoch draws once). ``unique`` are the clean samples, ``dup_pair`` the
+    freshly planted copies."""
+    keys = set()
+    for shard in sorted(glob.glob(train_glob)):
+        with tarfile.open(shard) as tar:
+            keys |= {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
+    truth = Path(train_glob).parent / "ground_truth.jsonl"
+    kinds = {r["key"]: r["kind"] for r in map(json.loads, truth.read_text().splitlines()) if r["key"] in keys}
+    per_key = json.loads((run_dir / "training.json").read_text())["filter"]["samples_seen"] / max(
+        len(kinds), 1
+    )
+    rows = (
+        (run_dir / "filtered.jsonl").read_text().splitlines()
+        if (run_dir / "filtered.jsonl").is_file()
+        else []
+    )
+    dropped = Counter(kinds.get(json.loads(r)["key"]) for r in rows)
+    counts = sorted(Counter(kinds.values()).items())
+    return {kind: round(100 * dropped[kind] / (n * per_key), 2) if per_key else 0.0 for kind, n in counts}
 
 
 def train_facts(training: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +273,7 @@ def run(
     mads: float = 4.0,
     name: str = "train_evidence",
     curated: bool = True,
+    recalibrate: int = 0,
 ) -> dict[str, Any]:
     """Data, the training runs (no filter, one per filter rule of ``rules``, curated unless ``curated`` is
     false) and their measurements (each kept in ``work``); the result body. The first rule's run is the
@@ -257,10 +284,12 @@ def run(
     report = begin_result(name, MODULE, argv, machine)
     torch.set_num_threads(1)
     globs = prepare_data(work, curate=curated)
-    filter_dirs = {rule: work / filter_run_name(rule, percentile, mads, buckets) for rule in rules}
+    filter_dirs = {
+        rule: work / filter_run_name(rule, percentile, mads, buckets, recalibrate) for rule in rules
+    }
     runs = {"no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, OFF)}
     for rule, folder in filter_dirs.items():
-        sets = filter_sets(rule, percentile, mads, calibrate, buckets)
+        sets = filter_sets(rule, percentile, mads, calibrate, buckets, recalibrate)
         runs[f"filter_{rule}"] = train_run(model, globs["train"], folder, steps, sets)
     if curated:
         runs["curated"] = train_run(model, globs["curated"], work / "run_curated", steps, OFF)
@@ -277,9 +306,14 @@ def run(
         name = extra.name.removesuffix(".eval.json")
         if name not in {"base", *(v.name for v in names.values())}:
             rows[name] = row(json.loads(extra.read_text()))
+            if (work / name / "training.json").is_file() and (work / name / "filtered.jsonl").is_file():
+                rows[name] |= train_facts(json.loads((work / name / "training.json").read_text()))
+                rows[name]["draws_dropped_pct"] = drop_shares(work / name, globs["train"])
     for k, training in runs.items():
         if k in rows:
             rows[k].update(train_facts(training))
+            if k != "curated":
+                rows[k]["draws_dropped_pct"] = drop_shares(names[k], globs["train"])
     report["settings"] = {
         "model": model,
         "steps": steps,
@@ -288,6 +322,7 @@ def run(
         "percentile": percentile,
         "calibrate_steps": calibrate,
         "timestep_buckets": buckets,
+        "recalibrate_every": recalibrate,
         "heldout": HELDOUT,
         "sample_data": SAMPLE_SETS,
         "work": str(work),
@@ -303,14 +338,16 @@ def run(
     return finish_result(report)
 
 
-def filter_run_name(rule: str, percentile: float, mads: float, buckets: int) -> str:
+def filter_run_name(rule: str, percentile: float, mads: float, buckets: int, recalibrate: int = 0) -> str:
     """The run folder of a filter run (the percentile rule keeps the recorded runs' names)."""
+    again = f"_re{recalibrate}" if recalibrate else ""
     if rule == "mad":
-        return f"run_filter_mad_k{mads:g}" + ("" if buckets == 1 else f"_tb{buckets}")
-    return "run_filter" if buckets == 1 else f"run_filter_tb{buckets}_p{percentile:g}"
+        return f"run_filter_mad_k{mads:g}" + ("" if buckets == 1 else f"_tb{buckets}") + again
+    return ("run_filter" if buckets == 1 else f"run_filter_tb{buckets}_p{percentile:g}") + again
 
 
-def filter_sets(rule: str, percentile: float, mads: float, calibrate: int, buckets: int) -> list[str]:
+def filter_sets(rule: str, percentile: float, mads: float, calibrate: int, buckets: int,
+                recalibrate: int = 0) -> list[str]:  # fmt: skip
     """The ``--set`` overrides of one filter run."""
     return [
         "train.filter.enabled=true",
@@ -319,6 +356,7 @@ def filter_sets(rule: str, percentile: float, mads: float, calibrate: int, bucke
         f"train.filter.mads={mads}",
         f"train.filter.calibrate_steps={calibrate}",
         f"train.filter.timestep_buckets={buckets}",
+        *([f"train.filter.recalibrate_every={recalibrate}"] if recalibrate else []),
     ]
 
 
@@ -337,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="+", choices=("percentile", "mad"), default=["percentile"],
                         help="the filter rules to train with, one run each (the first is the reported filter)")  # fmt: skip
     parser.add_argument("--mads", type=float, default=4.0, help="train.filter.mads of the mad rule")
+    parser.add_argument("--recalibrate-every", type=int, default=0,
+                        help="train.filter.recalibrate_every of the filter runs (0: calibrate once)")  # fmt: skip
     parser.add_argument("--name", default="train_evidence", help="the result's name (its JSON file)")
     parser.add_argument("--no-curated", action="store_true", help="skip the run on the curated shards")
     parser.add_argument("--note", default="", help="free text recorded with the settings")
@@ -363,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         args.mads,
         args.name,
         not args.no_curated,
+        args.recalibrate_every,
     )
     path = write_result(report, args.out, args.machine, args.name)
     print(json.dumps(report["summary"]), f"wrote {path}")
