@@ -45,7 +45,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "mitigation/pipeline_amg.py",
         ["tests/test_pipeline_amg.py", "tests/test_amg_wiring.py"],
     ),
-    "mem_filter": ("train/mem_filter.py", ["tests/test_train.py", "tests/test_train_filter_wiring.py"]),
+    "mem_filter": (
+        "train/mem_filter.py",
+        ["tests/test_filter_rule.py", "tests/test_train.py", "tests/test_train_filter_wiring.py"],
+    ),
     "finetune": ("train/finetune.py", ["tests/test_train_filter_wiring.py", "tests/test_train.py"]),
     "captions": ("curation/captions.py", ["tests/test_captions.py"]),
     "clustering": ("curation/clustering.py", ["tests/test_clustering.py"]),
