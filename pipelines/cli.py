@@ -156,17 +156,31 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
 
 
+# What :func:`_setup_logging` may set for one command; :func:`main` puts them back as they were afterwards, so a
+# library caller's next in-process command (without ``-q``, say) does not inherit them.
+_COMMAND_ENV = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
+                "TRANSFORMERS_NO_ADVISORY_WARNINGS", "TQDM_DISABLE")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``copyguard`` command line; returns the exit code (see the module docstring).
 
     Ctrl-C at any point after start-up (while the subcommands are imported, while a job runs) prints
-    ``copyguard: interrupted`` and returns 130, without a traceback.
+    ``copyguard: interrupted`` and returns 130, without a traceback. The environment variables the command
+    set for its own logging and progress bars are restored when it returns.
     """
+    saved = {name: os.environ.get(name) for name in _COMMAND_ENV}
     try:
         return _main(argv)
     except KeyboardInterrupt:
         print("copyguard: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,30 @@ def test_console_script_and_module_entry_points() -> None:
         [sys.executable, "-m", "copyguard.pipelines", "--help"], capture_output=True, text=True
     )
     assert res.returncode == 0 and "sample-data" in res.stdout
+
+
+def test_a_command_leaves_the_environment_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-q`` and the default verbosity set TQDM_DISABLE and the Hugging Face variables for their own command
+    only: an in-process caller's next command (here without ``-q``) must not run with the bars off."""
+    from copyguard.pipelines import cli
+
+    for name in cli._COMMAND_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DIFFUSERS_VERBOSITY", "info")  # the user's own setting survives too
+    seen = {}
+
+    def command(args):  # records what the command ran with
+        seen.update({name: os.environ.get(name) for name in cli._COMMAND_ENV})
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices["sample-data"].set_defaults(func=command)
+    assert cli.main(["-q", "sample-data", "--output", str(tmp_path / "o")]) == 0
+    assert seen["TQDM_DISABLE"] == "1" and seen["TRANSFORMERS_VERBOSITY"] == "error"
+    assert seen["DIFFUSERS_VERBOSITY"] == "info"
+    assert "TQDM_DISABLE" not in os.environ and "TRANSFORMERS_VERBOSITY" not in os.environ
+    assert os.environ["DIFFUSERS_VERBOSITY"] == "info"
