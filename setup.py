@@ -70,6 +70,7 @@ GROUPS: dict[str, list[str]] = {
     "onnx": ["onnx>=1.15"],  # the SSCD ONNX graph converted to torch (GPU embedding)
     "plots": ["matplotlib>=3.7"],
     "photos": ["scikit-image>=0.22", "mlxtend>=0.23"],
+    "psutil": ["psutil>=5.9"],  # the lab's scale measurement (peak RSS of the Beam worker processes)
     "dev": [
         "pytest>=7.4",
         "pytest-timeout>=2.2",
@@ -86,7 +87,7 @@ EXTRAS_GROUPS: dict[str, tuple[str, ...]] = {
     "curate": ("beam", "minhash", "sklearn", "faiss", "ort", "sscd"),
     "train": ("torch", "diffusion", "lora", "finetune"),
     "audit": ("torch", "diffusion", "lora", "sklearn", "faiss", "ort", "sscd", "onnx", "plots"),
-    "lab": ("torch", "diffusion", "minhash", "sklearn", "ort", "sscd", "plots", "photos"),
+    "lab": ("torch", "diffusion", "minhash", "sklearn", "ort", "sscd", "plots", "photos", "psutil"),
     "dev": ("dev",),
 }
 _EVERY_COMMAND = ("curate", "train", "audit", "lab")

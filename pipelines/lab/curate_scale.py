@@ -59,7 +59,7 @@ SERIES = ("seconds", "peak_worker_rss_mib", "pair_recall", "controller_rss_mib")
 def peak_rss(every: float = 0.5) -> Iterator[dict[str, int]]:
     """Polls this process (``self``) and its children (``child``: the SDK workers) every ``every`` seconds;
     the dict it yields holds the peak RSS of each, in bytes."""
-    import psutil  # installed with accelerate; only this measurement needs it
+    import psutil  # the [lab] extra; only this measurement needs it
 
     me, peak, stop = psutil.Process(), {"self": 0, "child": 0}, threading.Event()
 
