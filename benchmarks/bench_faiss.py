@@ -73,7 +73,7 @@ def sampled_exact_edges(x: np.ndarray, rows: np.ndarray, threshold: float) -> np
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(np.ascontiguousarray(x[rows]))
     src, idx, _ = (
-        np.concatenate(p) for p in zip(*clustering._range_edges(index, x, threshold, CHUNK), strict=True)
+        np.concatenate(p) for p in zip(*clustering.range_edges(index, x, threshold, CHUNK), strict=True)
     )
     keep = src != rows[idx]
     return np.unique(pair_codes(src[keep], rows[idx][keep], len(x)))

@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks.common import begin, finish, load_average, script_main
 from copyguard.common.config import load_config
-from copyguard.curation.captions import _set_jaccard, exact_jaccard, shingles
 from copyguard.curation.captions import caption_groups as memory_groups
+from copyguard.curation.captions import exact_jaccard, set_jaccard, shingles
 from copyguard.curation.config import CurateConfig, MinHashConfig
 from copyguard.curation.evaluate import pairwise_scores
 from copyguard.curation.union_find import connected_components, group_members
@@ -49,7 +49,7 @@ def datasketch_groups(keys: list[str], captions: list[str], cfg: MinHashConfig) 
         (other, key)
         for a, (key, mh) in enumerate(zip(keys, hashes, strict=True))
         for other in lsh.query(mh)
-        if other > key and _set_jaccard(sets[a], sets[index[other]]) >= cfg.verify_threshold
+        if other > key and set_jaccard(sets[a], sets[index[other]]) >= cfg.verify_threshold
     ]
     return connected_components(keys, edges)
 

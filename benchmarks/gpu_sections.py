@@ -172,8 +172,8 @@ def sec_faiss_1e6(p: dict[str, Any], rec: dict[str, Any], save: Save, dl: Deadli
 
     from copyguard.common.timing import timed
 
-    # curate's exact searches (private: what similarity_edges runs on an exact index)
-    from copyguard.curation.clustering import _knn_edges, _range_edges, gpu_available
+    # curate's exact searches (what similarity_edges runs on an exact index)
+    from copyguard.curation.clustering import gpu_available, knn_edges, range_edges
     from copyguard.curation.config import ImagesConfig
     from copyguard.pipelines.lab.synthetic import planted_descriptors
 
@@ -209,8 +209,8 @@ def sec_faiss_1e6(p: dict[str, Any], rec: dict[str, Any], save: Save, dl: Deadli
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     index = faiss.IndexFlatIP(d)
     add_s, q, batch = timed(lambda: index.add(xn))[0], xn[: p["cpu_queries"]], ImagesConfig().query_batch
-    knn_s = timed(lambda: _knn_edges(index, q, k, batch))[0]
-    range_s, parts = timed(lambda: _range_edges(index, q, thr, batch))
+    knn_s = timed(lambda: knn_edges(index, q, k, batch))[0]
+    range_s, parts = timed(lambda: range_edges(index, q, thr, batch))
     rec["faiss_cpu"] = {"threads": faiss.omp_get_max_threads(), "queries": len(q), "add_s": _r(add_s, 2),
                         "knn_s_all_queries": _r(knn_s * n / len(q), 2),
                         "range_s_all_queries": _r(range_s * n / len(q), 2),

@@ -46,6 +46,7 @@ __all__ = [
     "minhash_signature",
     "minhash_signatures",
     "normalize_caption",
+    "set_jaccard",
     "shingles",
     "star_edges",
 ]
@@ -170,10 +171,11 @@ def exact_jaccard(
 ) -> float:
     """Exact Jaccard similarity of the two captions' shingle sets (1.0 for two empty sets)."""
     cfg = cfg or MinHashConfig()
-    return _set_jaccard(caption_shingles(text_a, cfg, canon), caption_shingles(text_b, cfg, canon))
+    return set_jaccard(caption_shingles(text_a, cfg, canon), caption_shingles(text_b, cfg, canon))
 
 
-def _set_jaccard(a: set[bytes], b: set[bytes]) -> float:
+def set_jaccard(a: set[bytes], b: set[bytes]) -> float:
+    """Jaccard similarity of two shingle sets (1.0 for two empty sets)."""
     if not a and not b:
         return 1.0
     inter = len(a & b)
@@ -243,7 +245,7 @@ def bucket_edges(
     for key in keys[1:]:
         sh = shingle_of[by_key[key]]
         for leader, leader_sh in leaders:
-            if _set_jaccard(sh, leader_sh) >= cfg.verify_threshold:
+            if set_jaccard(sh, leader_sh) >= cfg.verify_threshold:
                 edges.append((key, leader))
                 break
         else:

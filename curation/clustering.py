@@ -39,6 +39,8 @@ __all__ = [
     "cluster_embeddings",
     "gpu_available",
     "group_ids",
+    "knn_edges",
+    "range_edges",
     "similarity_edges",
 ]
 
@@ -77,7 +79,9 @@ def _batches(n: int, size: int, desc: str):
     return progress_bar(starts, desc=desc, unit="batch", enabled=n >= _PROGRESS_MIN, leave=False)
 
 
-def _range_edges(index, x: np.ndarray, threshold: float, batch: int) -> list[tuple[np.ndarray, ...]]:
+def range_edges(index, x: np.ndarray, threshold: float, batch: int) -> list[tuple[np.ndarray, ...]]:
+    """Every pair of ``x`` (rows) and ``index`` (ids) with inner product at or above ``threshold``, queried
+    ``batch`` rows at a time: a list of ``(rows, ids, scores)`` array triples, one per batch."""
     parts = []
     for start in _batches(len(x), batch, "similarity (range)"):
         q = x[start : start + batch]
@@ -87,7 +91,9 @@ def _range_edges(index, x: np.ndarray, threshold: float, batch: int) -> list[tup
     return parts
 
 
-def _knn_edges(index, x: np.ndarray, k: int, batch: int) -> list[tuple[np.ndarray, ...]]:
+def knn_edges(index, x: np.ndarray, k: int, batch: int) -> list[tuple[np.ndarray, ...]]:
+    """The ``k`` nearest ids in ``index`` of each row of ``x`` (plus the row itself, at most the GPU's
+    k-selection limit), ``batch`` rows at a time: ``(rows, ids, scores)`` triples, one per batch."""
     k = min(k + 1, len(x), _GPU_MAX_K)  # +1: a vector is its own nearest neighbour
     parts = []
     for start in _batches(len(x), batch, "similarity (k-NN)"):
@@ -235,7 +241,7 @@ def _index_edges(
         index, keep_alive = _ivf_index(x, cfg, times)
     times["index_s"] = time.perf_counter() - started
     if mode == "exact":
-        return _range_edges(index, x, threshold, cfg.query_batch)
+        return range_edges(index, x, threshold, cfg.query_batch)
     if use_gpu:
         res = faiss.StandardGpuResources()
         nprobe = getattr(index, "nprobe", None)
@@ -243,7 +249,7 @@ def _index_edges(
         if nprobe is not None:
             index.nprobe = nprobe
         keep_alive = (keep_alive, res)
-    parts = _knn_edges(index, x, cfg.knn_k, cfg.query_batch)
+    parts = knn_edges(index, x, cfg.knn_k, cfg.query_batch)
     del keep_alive
     return parts
 
