@@ -73,6 +73,7 @@ SOURCES: dict[str, str] = {
     "train": _TRAIN,
     "train_evidence": _TRAIN,
     "train_evidence_rules": _TRAIN,
+    "train_evidence_recalibrate": _TRAIN,
     "bench_gpu": f"mitigation/ benchmarks/gpu_ {_TRAIN} {_LAB}",
 }
 
