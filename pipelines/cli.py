@@ -117,6 +117,11 @@ class _DropNoise(logging.Filter):
 _CHATTY = ("apache_beam", "urllib3", "PIL", "matplotlib", "h5py", "numexpr", "faiss")
 
 
+# The Hugging Face libraries' own settings that silence them without -v (read when they are first imported).
+_QUIET_LIBRARIES = (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"))  # fmt: skip
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     """Our INFO lines (WARNING with ``-q``, DEBUG with ``-vv``); third-party noise off unless asked for.
 
@@ -134,8 +139,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         for name in _CHATTY:
             logging.getLogger(name).setLevel(logging.WARNING)
     if verbose < 1:
-        for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
-                           ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):  # fmt: skip
+        for var, value in _QUIET_LIBRARIES:
             os.environ.setdefault(var, value)
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
@@ -158,8 +162,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 # What :func:`_setup_logging` may set for one command; :func:`main` puts them back as they were afterwards, so a
 # library caller's next in-process command (without ``-q``, say) does not inherit them.
-_COMMAND_ENV = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
-                "TRANSFORMERS_NO_ADVISORY_WARNINGS", "TQDM_DISABLE")  # fmt: skip
+_COMMAND_ENV = (*(var for var, _ in _QUIET_LIBRARIES), "TQDM_DISABLE")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

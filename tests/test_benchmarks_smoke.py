@@ -6,6 +6,7 @@ No timing is asserted here (performance figures live in docs/benchmarks.md, neve
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -305,29 +306,37 @@ def test_filter_evidence_runs_select_their_rule_in_the_trainer_config() -> None:
 
 def test_filter_evidence_drop_shares_count_each_kinds_draws(tmp_path: Path) -> None:
     """The share of each kind's draws a run's filter dropped: its filtered rows over the kind's expected
-    draws (samples seen spread over the training keys in the shards; keys outside them do not count)."""
-    import io
-    import tarfile
+    draws (samples seen spread over the valid training samples; keys outside them do not count); a run with
+    the filter off gets its training facts but no shares."""
+    from PIL import Image
 
-    from copyguard.pipelines.lab.filter_evidence import drop_shares
+    from copyguard.curation.records import Sample
+    from copyguard.curation.shards import ShardWriter
+    from copyguard.pipelines.lab.filter_evidence import run_facts
 
-    data, run = tmp_path / "train", tmp_path / "run"
-    data.mkdir()
-    run.mkdir()
+    data, run, off = tmp_path / "train", tmp_path / "run", tmp_path / "off"
+    for folder in (data, run, off):
+        folder.mkdir()
     kinds = {"a": "unique", "b": "unique", "c": "unique", "d": "dup_pair", "e": "unique"}  # e: not trained
-    with tarfile.open(data / "shard-000000.tar", "w") as tar:
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(jpeg, "JPEG")
+    with ShardWriter(str(data)) as writer:
         for key in "abcd":
-            for ext in ("jpg", "txt"):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = 1
-                tar.addfile(info, io.BytesIO(b"x"))
+            writer.write(Sample(key=key, image=jpeg.getvalue(), caption=f"caption {key}"))
     (data / "ground_truth.jsonl").write_text(
         "".join(json.dumps({"key": k, "kind": v}) + "\n" for k, v in kinds.items())
     )
-    (run / "training.json").write_text(json.dumps({"filter": {"samples_seen": 40}}))  # 10 draws per key
+    facts = {"steps": 5, "total_s": 1.0, "step_s_median": 0.2}
+    filt = {"enabled": True, "samples_seen": 40, "threshold": 1.0}  # 10 draws per trained key
+    (run / "training.json").write_text(json.dumps({**facts, "filter": filt}))
     rows = [{"key": "d"}] * 5 + [{"key": "a"}] * 3
     (run / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert drop_shares(run, str(data / "*.tar")) == {"dup_pair": 50.0, "unique": 10.0}
+    (off / "training.json").write_text(json.dumps({**facts, "filter": {"enabled": False, "samples_seen": 0}}))
+    shards = str(data / "*.tar")
+    got = run_facts(run, shards)
+    assert got["draws_dropped_pct"] == {"dup_pair": 50.0, "unique": 10.0}
+    assert got["steps"] == 5 and got["filter"]["samples_seen"] == 40
+    assert "draws_dropped_pct" not in run_facts(off, shards) and run_facts(tmp_path / "none", shards) == {}
 
 
 def test_lab_model_summary_reads_the_model_card_figures(

@@ -35,7 +35,6 @@ import logging
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -228,25 +227,34 @@ FILTER_FACTS = ("threshold", "bucket_thresholds", "threshold_source", "samples_s
 def drop_shares(run_dir: Path, train_glob: str) -> dict[str, float]:
     """Share (%) of the draws of each ground-truth kind that the filter dropped in run ``run_dir``: its
     ``filtered.jsonl`` rows of that kind over the kind's expected draws (``samples_seen`` spread evenly over
-    the training keys, which every epoch draws once). ``unique`` are the clean samples, ``dup_pair`` the
+    the training samples, which every epoch draws once). ``unique`` are the clean samples, ``dup_pair`` the
     freshly planted copies."""
-    keys = set()
-    for shard in sorted(glob.glob(train_glob)):
-        with tarfile.open(shard) as tar:
-            keys |= {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
+    from copyguard.curation.records import Sample
+    from copyguard.curation.shards import iter_samples
+
+    keys = {r.key for r in iter_samples(train_glob) if isinstance(r, Sample)}
     truth = Path(train_glob).parent / "ground_truth.jsonl"
     kinds = {r["key"]: r["kind"] for r in map(json.loads, truth.read_text().splitlines()) if r["key"] in keys}
-    per_key = json.loads((run_dir / "training.json").read_text())["filter"]["samples_seen"] / max(
-        len(kinds), 1
-    )
-    rows = (
-        (run_dir / "filtered.jsonl").read_text().splitlines()
-        if (run_dir / "filtered.jsonl").is_file()
-        else []
-    )
+    seen = json.loads((run_dir / "training.json").read_text())["filter"]["samples_seen"]
+    log_path = run_dir / "filtered.jsonl"
+    rows = log_path.read_text().splitlines() if log_path.is_file() else []
     dropped = Counter(kinds.get(json.loads(r)["key"]) for r in rows)
+    per_key = seen / max(len(kinds), 1)
     counts = sorted(Counter(kinds.values()).items())
     return {kind: round(100 * dropped[kind] / (n * per_key), 2) if per_key else 0.0 for kind, n in counts}
+
+
+def run_facts(run_dir: Path, train_glob: str) -> dict[str, Any]:
+    """:func:`train_facts` of the run in ``run_dir`` (none before it is trained) and, when its filter was on,
+    the dropped share of each kind's draws (:func:`drop_shares`, ``draws_dropped_pct``)."""
+    path = run_dir / "training.json"
+    if not path.is_file():
+        return {}
+    training = json.loads(path.read_text())
+    facts = train_facts(training)
+    if training["filter"].get("enabled"):
+        facts["draws_dropped_pct"] = drop_shares(run_dir, train_glob)
+    return facts
 
 
 def train_facts(training: dict[str, Any]) -> dict[str, Any]:
@@ -287,13 +295,17 @@ def run(
     filter_dirs = {
         rule: work / filter_run_name(rule, percentile, mads, buckets, recalibrate) for rule in rules
     }
-    runs = {"no_filter": train_run(model, globs["train"], work / "run_nofilter", steps, OFF)}
+    train_run(model, globs["train"], work / "run_nofilter", steps, OFF)
     for rule, folder in filter_dirs.items():
-        sets = filter_sets(rule, percentile, mads, calibrate, buckets, recalibrate)
-        runs[f"filter_{rule}"] = train_run(model, globs["train"], folder, steps, sets)
+        train_run(
+            model,
+            globs["train"],
+            folder,
+            steps,
+            filter_sets(rule, percentile, mads, calibrate, buckets, recalibrate),
+        )
     if curated:
-        runs["curated"] = train_run(model, globs["curated"], work / "run_curated", steps, OFF)
-    runs["filter"] = runs[f"filter_{rules[0]}"]
+        train_run(model, globs["curated"], work / "run_curated", steps, OFF)
     filter_dir = filter_dirs[rules[0]]
     names = {"no_filter": work / "run_nofilter", "filter": filter_dir}
     if curated:
@@ -305,15 +317,9 @@ def run(
     for extra in sorted(work.glob("*.eval.json")):
         name = extra.name.removesuffix(".eval.json")
         if name not in {"base", *(v.name for v in names.values())}:
-            rows[name] = row(json.loads(extra.read_text()))
-            if (work / name / "training.json").is_file() and (work / name / "filtered.jsonl").is_file():
-                rows[name] |= train_facts(json.loads((work / name / "training.json").read_text()))
-                rows[name]["draws_dropped_pct"] = drop_shares(work / name, globs["train"])
-    for k, training in runs.items():
-        if k in rows:
-            rows[k].update(train_facts(training))
-            if k != "curated":
-                rows[k]["draws_dropped_pct"] = drop_shares(names[k], globs["train"])
+            rows[name] = row(json.loads(extra.read_text())) | run_facts(work / name, globs["train"])
+    for k, folder in names.items():
+        rows[k].update(run_facts(folder, globs["train"]))
     report["settings"] = {
         "model": model,
         "steps": steps,
