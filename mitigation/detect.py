@@ -98,9 +98,9 @@ class Detector:
         return out
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        """Detection score per prompt: mean ``d_t`` over the steps and generations."""
+        """Detection score per prompt: mean ``d_t`` over the steps and generations (none for no prompts)."""
         mags = self.magnitudes(prompts)
-        return [float(v) for v in mags.reshape(len(mags), -1).mean(axis=1)]
+        return [float(v) for v in mags.reshape(len(mags), -1).mean(axis=1)] if len(mags) else []
 
     # ------------------------------------------------------------------------------------- thresholding
     def calibrate(self, reference_prompts: Sequence[str], target_fpr: float | None = None) -> float:
