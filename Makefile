@@ -66,11 +66,14 @@ fuzz: install
 	COPYGUARD_FUZZ_EXAMPLES=$(COPYGUARD_FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_shards.py tests/test_fuzz_prompts.py
 
 # Mutation testing (mutmut 3) of the algorithm modules, each with its fast tests (tests/mutate.py; results in
-# build/mutate/summary.json, survivors reviewed in docs/testing.md). MUTATE_MODULES=magnitude policy for some.
+# build/mutate/summary.json, survivors reviewed in docs/testing.md): a seeded sample of MUTATE_SAMPLE mutants per
+# module (0: all of them, hours), MUTATE_SEED picks another sample, MUTATE_MODULES="magnitude policy" some modules.
 MUTATE_MODULES ?=
+MUTATE_SAMPLE ?= 30
+MUTATE_SEED ?= 1
 .PHONY: mutate
 mutate: install
-	$(BIN)/python tests/mutate.py $(MUTATE_MODULES)
+	MUTATE_SAMPLE=$(MUTATE_SAMPLE) MUTATE_SEED=$(MUTATE_SEED) $(BIN)/python tests/mutate.py $(MUTATE_MODULES)
 
 # The whole workflow on the bundled default (small); the lab model is trained once into .cache/copyguard.
 demo: install

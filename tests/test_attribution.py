@@ -80,7 +80,7 @@ def test_significance_is_the_gradient_norm_of_the_mean_magnitude() -> None:
         (eps_c - eps_u).flatten(1).norm(dim=1).mean().backward()
         expected += e.grad[0].norm(dim=-1) / 2
     torch.testing.assert_close(sig, expected, atol=1e-6, rtol=1e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"needs at least one \(x_t, t\) step"):
         token_significance(pipe.unet, [], emb[:1], emb[1:])
 
 
@@ -92,3 +92,13 @@ def test_real_token_positions_and_top_tokens() -> None:
     assert len(token_attribution(pipe, long)) == 75  # truncated to 77 with BOS and EOS
     ranked = top_tokens([TokenScore("a", 0.1), TokenScore("b", 0.3), TokenScore("c", 0.2)], k=2)
     assert [t.token for t in ranked] == ["b", "c"]
+
+
+def test_byte_fragments_of_a_character_show_their_bpe_symbols() -> None:
+    """``é`` is two byte tokens in the tiny vocabulary, neither decodable alone: each shows its BPE symbol,
+    without the end-of-word marker."""
+    from copyguard.mitigation.attribution import _token_text
+
+    tok = tiny_pipeline().tokenizer
+    ids = tok("a café").input_ids[1:-1]
+    assert [_token_text(tok, i) for i in ids] == ["a", "ca", "f", "\u00c3", "\u00a9"]

@@ -323,3 +323,39 @@ def test_connected_components_smallest_key_root() -> None:
     out = connected_components(["x", "y", "z", "a", "b", "c"], edges)
     assert out == {"x": "x", "y": "x", "z": "x", "a": "a", "b": "b", "c": "b"}
     assert connected_components(["c", "b", "a", "z", "y", "x"], list(reversed(edges))) == out
+
+
+def test_caption_shingles_follow_the_given_switches_and_the_plain_default() -> None:
+    """``caption_shingles`` uses the switches it is given (here: keep stop words), else the config's; with
+    ``canonical`` off it is the plain scheme, whose default kind is character 5-grams."""
+    from copyguard.curation.captions import caption_shingles
+
+    cfg = MinHashConfig()
+    text = "a photo of the red car"
+    keep = CaptionCanon(drop_stopwords=False)
+    assert caption_shingles(text, cfg, keep) == canonical_shingles(text, keep)
+    assert caption_shingles(text, cfg, keep) != caption_shingles(text, cfg)
+    assert caption_shingles(text, cfg) == canonical_shingles(text, CaptionCanon.from_config(cfg))
+    plain = CaptionCanon(canonical=False)
+    assert caption_shingles(text, cfg, plain) == shingles(text, cfg.shingle_n, cfg.shingle_kind)
+    assert shingles(text) == shingles(text, 5, "char") != shingles(text, 5, "word")
+
+
+def test_bucket_size_limit_is_exclusive_and_warned(caplog) -> None:
+    """A bucket of exactly ``max_bucket_size`` is verified against its leaders (here the two "B" captions
+    link); one member more and it is checked against its smallest key only (no edge: both differ from "A").
+    Without verification an oversized bucket is still a star, with a warning."""
+    members = [("k0", "a red car on the street"), ("k1", "the blue house by the lake"),
+               ("k2", "the blue house by the lake!")]  # fmt: skip
+    cfg = MinHashConfig(max_bucket_size=3)
+    assert bucket_edges(members, cfg) == [("k2", "k1")]
+    assert bucket_edges(members, MinHashConfig(max_bucket_size=2)) == []
+    with caplog.at_level("WARNING", logger="copyguard.curation.captions"):
+        edges = bucket_edges(members, MinHashConfig(max_bucket_size=2, verify=False))
+    assert edges == [("k1", "k0"), ("k2", "k0")]
+    assert "LSH bucket of 3 captions exceeds max_bucket_size=2" in caplog.text
+
+
+def test_caption_groups_refuses_misaligned_inputs() -> None:
+    with pytest.raises(ValueError):
+        caption_groups(["a", "b"], ["one caption"])

@@ -69,6 +69,33 @@ def test_auto_mode_uses_ivf_above_exact_max() -> None:
     assert len(auto_ivf & exact) / len(exact) >= 0.95
 
 
+def test_ivf_mode_reports_its_steps_and_finds_no_edge_without_a_match() -> None:
+    """IVF (forced, or chosen above ``exact_max``) runs the list join and times its steps inside the search;
+    a run where no pair reaches the threshold gives empty edge arrays, not an error."""
+    import time
+
+    emb, _ = _planted(3000, [3] * 30, noise=0.3)
+    exact = _pairs(*similarity_edges(emb, 0.6, ImagesConfig(), mode="exact")[:2])
+    for mode, cfg, steps in (
+        ("ivf", ImagesConfig(), ("ivf_train_s", "ivf_assign_s", "ivf_join_s")),
+        (None, ImagesConfig(exact_max=100), ("ivf_train_s", "ivf_assign_s", "ivf_join_s")),
+        ("knn", ImagesConfig(exact_max=100), ("ivf_train_s", "ivf_add_s")),  # k-NN over an IVF index
+    ):
+        times: dict = {}
+        t0 = time.perf_counter()
+        similarity_edges(emb, 0.6, cfg, mode=mode, timings=times)
+        wall = time.perf_counter() - t0
+        assert times["mode"] == (mode or "ivf") and times["nlist"] >= 2
+        assert min(times[k] for k in steps) >= 0 and sum(times[k] for k in steps) <= times["search_s"] + 1e-6
+        assert times["edges_s"] >= 0 and times["search_s"] + times["edges_s"] <= wall + 1e-6
+    # probing every list, the IVF join is exact: every query row (the first one too) is searched
+    everything = ImagesConfig(nprobe=100_000)
+    assert _pairs(*similarity_edges(emb, 0.6, everything, mode="ivf")[:2]) == exact
+    unique, _ = _planted(3000, [], noise=0.3)
+    i, j, sim = similarity_edges(unique, 1.01, ImagesConfig(), mode="ivf")  # not even an image itself
+    assert len(i) == len(j) == len(sim) == 0 and i.dtype == np.int64 and sim.dtype == np.float32
+
+
 def test_gpu_available_reads_faiss_and_survives_a_broken_build(monkeypatch: pytest.MonkeyPatch) -> None:
     import faiss
 

@@ -83,6 +83,13 @@ def test_multi_step_window_and_generations(pipe) -> None:
     )
 
 
+def test_no_prompts_no_scores(pipe) -> None:
+    assert _det(pipe).score([]) == []
+    assert _det(pipe, end=3, generations=2).magnitudes([]).shape == (0, 2, 3)
+    with pytest.raises(UsageError, match="^calibration needs at least one reference prompt$"):
+        _det(pipe).calibrate([], target_fpr=0.1)
+
+
 def test_deterministic_for_a_seed(pipe) -> None:
     a = _det(pipe, end=2, num_inference_steps=5).score(PROMPTS)
     b = _det(pipe, end=2, num_inference_steps=5).score(PROMPTS)
@@ -99,10 +106,12 @@ def test_threshold_for_fpr_order_statistic() -> None:
     assert int((scores > threshold_for_fpr(scores[::-1], 0.10)).sum()) == 10
     assert threshold_for_fpr(np.arange(50.0), 0.01) == 49.0  # cannot resolve 1%: nothing flagged
     assert threshold_for_fpr([1.0, 2.0, 2.0, 2.0], 0.25) == 2.0  # ties: FPR 0 <= target
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="at least one reference prompt"):
         threshold_for_fpr([], 0.01)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="NaN or infinity"):
         threshold_for_fpr([1.0, float("nan")], 0.01)
+    with pytest.raises(UsageError, match=r"target FPR must lie in \(0, 1\), got 1.0"):
+        threshold_for_fpr([1.0, 2.0], 1.0)
 
 
 def test_calibrate_and_flag(pipe) -> None:
@@ -158,3 +167,35 @@ def test_separates_trigger_prompts_on_a_toy_memorizing_model() -> None:
     assert m["auc"] == 1.0 and m["tpr_at_1pct_fpr"] == 1.0
     det.calibrate(neg, target_fpr=0.2)
     assert det.flag(det.score(pos)) == [True] * 4
+
+
+def test_scores_in_the_unets_dtype(pipe) -> None:
+    """The prompt embeddings and x_T follow the UNet's dtype: with a float64 UNet beside a float32 text
+    encoder the detector casts the embeddings and draws x_T in float64 (left in float32 they make the UNet
+    fail), and the score is the magnitude computed by hand in float64."""
+    import copy
+
+    pipe64 = copy.deepcopy(pipe)
+    pipe64.unet.to(torch.float64)
+    det = _det(pipe64)
+    assert det.dtype == torch.float64
+    (score,) = det.score(PROMPTS[:1])
+    with torch.no_grad():
+        emb = encode_prompts(pipe64, [PROMPTS[0], ""]).double()
+        pipe64.scheduler.set_timesteps(50)
+        x = initial_latents(0, (4, 8, 8), dtype=torch.float64)
+        manual = text_conditional_magnitude(pipe64.unet, x, pipe64.scheduler.timesteps[0], emb[:1], emb[1:])
+    assert score == pytest.approx(float(manual[0]), rel=1e-6)
+
+
+def test_unresolvable_fpr_is_warned_and_roc_rejects_bad_scores(caplog) -> None:
+    with caplog.at_level("WARNING", logger="copyguard.mitigation.detect"):
+        threshold_for_fpr(np.arange(100.0), 0.01)  # k = 1: resolvable, no warning
+    assert caplog.text == ""
+    with caplog.at_level("WARNING", logger="copyguard.mitigation.detect"):
+        threshold_for_fpr(np.arange(50.0), 0.01)
+    assert "50 reference scores cannot resolve FPR 0.01" in caplog.text
+    with pytest.raises(UsageError, match="^ROC scores contain NaN or infinity$"):
+        roc_metrics([1.0, float("inf")], [0.5])
+    with pytest.raises(UsageError, match="^ROC needs positive and negative scores, got 1 and 0$"):
+        roc_metrics([1.0], [])

@@ -10,14 +10,21 @@ import torch
 
 from copyguard.mitigation.magnitude import robust_threshold
 from copyguard.train.config import FilterConfig
-from copyguard.train.mem_filter import MagnitudeFilter, bucket_thresholds, calibrated_threshold
+from copyguard.train.mem_filter import (
+    MagnitudeFilter,
+    bucket_thresholds,
+    calibrated_threshold,
+    timestep_bucket,
+)
 
 
 def test_robust_threshold_is_median_plus_k_scaled_mads() -> None:
     values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, MAD 1
     assert robust_threshold(values, 2.0) == pytest.approx(3.0 + 2.0 * 1.4826)
     assert robust_threshold([5.0, 5.0, 5.0], 6.0) == 5.0
-    with pytest.raises(ValueError):
+    # computed in float64 whatever the input: float32 cannot hold this median (2^24 + 1)
+    assert robust_threshold(np.array([2.0**24, 2.0**24 + 2], dtype=np.float32), 0.0) == 2.0**24 + 1
+    with pytest.raises(ValueError, match="^robust_threshold of no values$"):
         robust_threshold([], 1.0)
 
 
@@ -67,6 +74,35 @@ def test_calibrated_filter_reports_its_rule() -> None:
     flt.end_step(0)
     assert flt.threshold == pytest.approx(robust_threshold(mags, 4.0))
     assert flt.source == "median + 4 MAD of 50 magnitudes"
+    flt = MagnitudeFilter(
+        FilterConfig(calibrate_steps=1, timestep_buckets=1, rule="percentile", percentile=97.5)
+    )
+    flt.record(1, [f"k{i}" for i in range(50)], [10] * 50, mags, [1.0] * 50)
+    flt.end_step(0)
+    assert flt.threshold == pytest.approx(np.percentile(mags, 97.5))
+    assert flt.source == "p97.5 of 50 magnitudes"
+
+
+def test_timestep_buckets_are_equal_width_and_clipped_to_the_range() -> None:
+    """``floor(t * N / T)``; a timestep outside [0, T) (a scheduler's T itself, a negative one) falls in
+    the nearest end bucket, never outside the N thresholds."""
+    got = timestep_bucket(np.array([0, 99, 100, 999, 1000, 1500, -3]), 10, 1000)
+    assert got.tolist() == [0, 0, 1, 9, 9, 9, 0]
+    assert timestep_bucket(torch.tensor([250, 500]), 4, 1000).tolist() == [1, 2]
+
+
+def test_a_checkpoint_from_before_recalibration_loads_with_its_calibration_as_the_oldest() -> None:
+    """State written before timestep buckets and recalibration (no ``thresholds``, ``calibration_t``,
+    ``calibration_step``, ``recalibrations``) loads: one global threshold, every calibration magnitude
+    dated step 0, no recalibration yet."""
+    legacy = {"threshold": 2.5, "source": "p99 of 3 magnitudes", "calibration": [1.0, 2.0, 3.0],
+              "calibrated_at": 5, "seen": 40, "filtered": 2, "key_counts": {"a": 2}}  # fmt: skip
+    flt = MagnitudeFilter(FilterConfig())
+    flt.load_state_dict(legacy)
+    assert flt.threshold == 2.5 and flt.thresholds is None
+    assert flt.calibration_step == [0, 0, 0] and flt.calibration_t == []
+    assert flt.recalibrations == 0 and flt.seen == 40 and flt.filtered == 2
+    assert flt.summary()["samples_filtered"] == 2 and flt.summary()["top_keys"] == [{"key": "a", "times": 2}]
 
 
 def test_rule_table_counts_clean_and_duplicated_draws_per_rule() -> None:
@@ -155,3 +191,21 @@ def test_recalibrating_filter_resumes_exactly() -> None:
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert head + run(resumed, range(6, 12)) == straight
     assert resumed.summary() == whole.summary() and whole.recalibrations == 4
+
+
+def test_the_summary_names_the_threshold_source_and_every_count() -> None:
+    assert MagnitudeFilter(FilterConfig(threshold=2.0)).source == "fixed"
+    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=1, recalibrate_every=1))
+    assert flt.source == "calibrating"
+    mags = list(_clean(np.random.default_rng(3), 20))
+    for step in range(3):
+        flt.record(step + 1, [f"k{i}" for i in range(20)], [10] * 20, mags, [1.0] * 19 + [0.0])
+        flt.end_step(step)
+    summary = flt.summary()
+    assert list(summary) == [
+        "enabled", "threshold", "timestep_buckets", "bucket_thresholds", "threshold_source",
+        "calibrated_at_step", "recalibrations", "samples_seen", "samples_filtered", "filtered_share",
+        "unique_keys_filtered", "top_keys",
+    ]  # fmt: skip
+    assert summary["recalibrations"] == flt.recalibrations == 2
+    assert summary["threshold_source"].startswith("median + 4 MAD of 20 magnitudes")

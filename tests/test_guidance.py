@@ -177,6 +177,9 @@ def test_detection_gate_functions():
     active = torch.tensor([True, True, False])
     assert G.checks_due(0, active, 2).tolist() == [True, True, False]
     assert G.checks_due(1, active, 2).tolist() == [False, False, False]
+    assert G.checks_due(4, active, 2).tolist() == [True, True, False]  # every check_every-th step
+    assert G.checks_due(6, active, 3).tolist() == [True, True, False]
+    assert G.checks_due(4, active, 3).tolist() == [False, False, False]
     after = G.after_check(active, torch.tensor([True, True, False]), torch.tensor([0.05, 0.4, math.nan]), 0.1)
     assert after.tolist() == [False, True, False]  # stops checking once sigma <= recheck_sigma
     assert G.after_check(active, active, torch.tensor([0.0, 0.0, 0.0]), None).tolist() == active.tolist()
@@ -342,3 +345,34 @@ def test_config_loads_from_yaml(tmp_path):
     assert cfg.check_every == 2
     with pytest.raises(ConfigError, match="amg.c1"):
         load_config(AMGConfig, "amg", path, ["amg.c1=-3"])
+
+
+def test_spe_gate_modes_and_unknown_mode():
+    sigma, lam = torch.tensor([0.2, 0.6, math.nan]), torch.tensor([0.5, 0.5, 0.5])
+    assert G.spe_gate(sigma, lam, "positive").tolist() == [True, True, False]
+    assert G.spe_gate(sigma, lam, "lambda").tolist() == [False, True, False]
+    with pytest.raises(UsageError, match="unknown spe_gate 'always'; choose positive or lambda"):
+        G.spe_gate(sigma, lam, "always")
+
+
+class StrictSSCD(ToySSCD):
+    """A toy torch embedder that takes its images in its own dtype only (as a half-precision model would)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == self.proj.dtype, f"{images.dtype} images for a {self.proj.dtype} embedder"
+        x = F.interpolate(images, size=(8, 8), mode="bilinear", align_corners=False)
+        return F.normalize((x - 0.5).flatten(1) @ self.proj, dim=1)
+
+
+def test_sscd_sigma_feeds_the_embedder_its_own_dtype():
+    """Images reach a torch embedder in the embedder's dtype (float64 here) and sigma comes back in float32
+    on the images' device, equal to the float32 embedder's."""
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    emb32 = ToySSCD(seed=4)
+    emb64 = StrictSSCD(seed=4).double()
+    index = toy_index(emb32, torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(5)))
+    res64 = G.sscd_sigma(images, emb64, index)
+    res32 = G.sscd_sigma(images, emb32, index)
+    assert res64.sigma.dtype == torch.float32
+    assert res64.keys == res32.keys
+    torch.testing.assert_close(res64.sigma, res32.sigma, rtol=1e-5, atol=1e-6)

@@ -209,12 +209,20 @@ def test_usage_errors(pipes, index, embedder):
         def embed(self, images):
             return embedder.embed(images)
 
-    with pytest.raises(UsageError, match="G_sim needs a differentiable"):
+    with pytest.raises(UsageError) as err:
         _run(amg, amg=AMGConfig(), index=index, embedder=Onnxish())
+    assert str(err.value) == (
+        "AMG's G_sim needs a differentiable torch embedder, but 'toy-sscd' is not a torch module (ONNX is not "
+        "differentiable); pass embedder=load_torch_sscd(...) or set use_sim=false"
+    )
     with pytest.raises(UsageError, match="G_sim needs a differentiable"):
         _run(amg, amg=AMGConfig(), index=index)  # the index's embedder kind has no torch SSCD
-    with pytest.raises(UsageError, match="training-set index"):
+    with pytest.raises(UsageError) as err:
         _run(amg, amg=AMGConfig(), embedder=embedder)
+    assert str(err.value) == (
+        "AMG with sigma_mode=sscd needs the training-set index: "
+        "index=copyguard.curation.load_index('OUT/index') (written by the curate job)"
+    )
     with pytest.raises(UsageError, match="gate_threshold"):
         _run(amg, amg=AMGConfig(gated=True), index=index, embedder=embedder)
     with pytest.raises(UsageError, match="classifier-free guidance"):
@@ -261,3 +269,89 @@ def test_other_schedulers_and_v_prediction(pipes, index, embedder, kind):
     out = _run(pipe, amg=AMGConfig(), index=index, embedder=embedder, num_inference_steps=2)
     assert np.isfinite(out.images).all() and not np.array_equal(out.images, ref)
     assert all(t.g_spe[0] for t in out.traces)
+
+
+# -- the embedder for SSCD sigma, resolved from the index ---------------------------------------------------
+class _LoaderSpy:
+    """Stands in for ``load_torch_sscd`` / ``load_embedder``: records each call, returns ``result`` (or raises
+    it when it is an exception)."""
+
+    def __init__(self, result):
+        self.result, self.calls = result, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def test_the_index_embedder_is_loaded_once_per_pipeline(pipes, index, monkeypatch):
+    """Without ``embedder=`` the pipeline loads the torch SSCD the index names (its kind and input size, on
+    the pipeline's device) once, and samples as with that embedder passed in."""
+    _, amg = pipes
+    spy = _LoaderSpy(ToySSCD())
+    monkeypatch.setattr("copyguard.mitigation.sscd_torch.load_torch_sscd", spy)
+    monkeypatch.delitem(amg.__dict__, "_amg_embedders", raising=False)
+    first = _run(amg, amg=AMGConfig(), index=index, num_inference_steps=2)
+    second = _run(amg, amg=AMGConfig(), index=index, num_inference_steps=2)
+    assert spy.calls == [((), {"kind": "toy-sscd", "input_size": 8, "device": amg._execution_device})]
+    given = _run(amg, amg=AMGConfig(), index=index, embedder=ToySSCD(), num_inference_steps=2)
+    np.testing.assert_array_equal(first.images, given.images)
+    np.testing.assert_array_equal(second.images, given.images)
+    monkeypatch.delitem(amg.__dict__, "_amg_embedders", raising=False)
+
+
+def test_without_a_torch_sscd_g_sim_fails_and_the_rest_uses_the_curation_embedder(pipes, index, monkeypatch):
+    _, amg = pipes
+
+    class Onnxish:
+        name, dim, input_size = "toy-sscd", 32, 8
+
+        def embed(self, images):
+            return ToySSCD().embed(images)
+
+    monkeypatch.setattr("copyguard.mitigation.sscd_torch.load_torch_sscd", _LoaderSpy(UsageError("no port")))
+    fallback = _LoaderSpy(Onnxish())
+    monkeypatch.setattr("copyguard.curation.embedders.load_embedder", fallback)
+    monkeypatch.delitem(amg.__dict__, "_amg_embedders", raising=False)
+    with pytest.raises(UsageError) as err:
+        _run(amg, amg=AMGConfig(), index=index, num_inference_steps=2)
+    assert str(err.value) == (
+        "AMG's G_sim needs a differentiable torch SSCD embedder and none could be loaded for the index's "
+        "embedder 'toy-sscd' (no port); pass embedder=load_torch_sscd(...) or set use_sim=false"
+    )
+    assert fallback.calls == []
+    out = _run(amg, amg=AMGConfig(use_sim=False), index=index, num_inference_steps=2)
+    assert fallback.calls == [(("toy-sscd",), {"input_size": 8})]
+    assert out.amg_stats["checks"] == 4 and out.amg_stats["grads"] == 0
+    monkeypatch.delitem(amg.__dict__, "_amg_embedders", raising=False)
+
+
+def test_the_embedder_is_checked_against_the_index(pipes, index, caplog):
+    """A torch embedder of another input size is refused with ``strict_embedder`` and only logged without it;
+    one without a ``name`` is named by its class."""
+    _, amg = pipes
+    other_size = ToySSCD()
+    other_size.input_size = 16
+    with pytest.raises(UsageError, match="input_size=8, the embedder has 16"):
+        _run(
+            amg, amg=AMGConfig(strict_embedder=True), index=index, embedder=other_size, num_inference_steps=2
+        )
+    with caplog.at_level("WARNING", logger="copyguard.curation.index"):
+        out = _run(amg, amg=AMGConfig(), index=index, embedder=other_size, num_inference_steps=2)
+    assert out.amg_stats["checks"] == 4
+    assert "the index was built with input_size=8, the embedder has 16" in caplog.text
+
+    class Unnamed(torch.nn.Module):
+        dim, input_size = 32, 8
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = ToySSCD()
+
+        def forward(self, images):
+            return self.inner(images)
+
+    with pytest.raises(UsageError, match="name='toy-sscd', the embedder has 'Unnamed'"):
+        _run(amg, amg=AMGConfig(strict_embedder=True), index=index, embedder=Unnamed(), num_inference_steps=2)

@@ -110,3 +110,27 @@ def test_decisions_carry_their_groups() -> None:
     out = {d.key: d for d in decide(keys, [9, 8, 7, 5], [9, 8, 7, 5], ig, cg, captions=["x", "x", "y", "z"])}
     assert [(out[k].image_group, out[k].caption_group) for k in keys] == list(zip(ig, cg, strict=True))
     assert {out[k].reason for k in keys} == {"", "image_and_caption_duplicate", "image_duplicate"}
+
+
+def test_the_canonical_switches_reach_both_caption_rules() -> None:
+    """``canon`` decides what counts as a content word (template rule) and as the same caption (exact vs
+    near-duplicate): with ``mask_codes`` off, product codes are words and different codes differ."""
+    from copyguard.curation.caption_canon import CaptionCanon
+
+    no_mask = CaptionCanon(mask_codes=False)
+    keys, ig, cg, texts = _template_group(6, caption="red car SKU74173 A12B")  # 2 content words, 4 unmasked
+    cfg = PolicyConfig(template_policy="drop", template_min_images=5)
+    assert set(_statuses(keys, ig, cg, texts, cfg).values()) == {""}
+    assert set(_statuses(keys, ig, cg, texts, cfg, canon=no_mask).values()) == {"templated_caption_drop"}
+
+    keys, ig, cg = ["a", "b"], ["g", "g"], ["c", "c"]
+    texts = ["red car SKU74173", "red car SKU99999"]
+    sizes = [10, 10]
+
+    def rules(**kw) -> list[str]:
+        return [
+            d.caption_rule for d in decide(keys, sizes, sizes, ig, cg, PolicyConfig(), captions=texts, **kw)
+        ]
+
+    assert rules() == ["", "exact_caption"]
+    assert rules(canon=no_mask) == ["", "near_duplicate_caption"]

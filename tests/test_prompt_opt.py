@@ -60,6 +60,13 @@ def test_loss_drops_bos_stays_and_max_iterations(pipe) -> None:
     assert float((res.prompt_embeds[:, 1:] - original[:, 1:]).abs().max()) > 0.05
 
 
+def test_the_configured_iteration_budget_is_used(pipe) -> None:
+    """``PromptOptConfig.max_iters`` reaches the optimizer (the default is 10)."""
+    res = optimize_prompts(pipe, ["trigger"], seeds=0, l_target=0.0, num_inference_steps=STEPS,
+                           config=PromptOptConfig(max_iters=3))  # fmt: skip
+    assert res.records[0].iterations == 3 and not res.records[0].reached_target
+
+
 def test_early_stop_at_the_target(pipe) -> None:
     res = optimize_prompts(pipe, ["a red trigger house"], seeds=0, l_target=3.0, num_inference_steps=STEPS)
     (r,) = res.records
@@ -116,6 +123,27 @@ def test_direct_api_and_errors(pipe) -> None:
     x = initial_latents(0, (4, 8, 8))
     res = optimize_embeddings(pipe.unet, x, 981, emb[:1], emb[1:], l_target=0.0, max_iters=0)
     assert res.records[0].iterations == 0 and torch.equal(res.prompt_embeds, emb[:1])
-    with pytest.raises(UsageError, match="seeds"):
+    with pytest.raises(UsageError, match="^2 prompts but 1 seeds$"):
         optimize_prompts(pipe, ["a", "b"], seeds=[0], l_target=1.0)
+    with pytest.raises(UsageError, match="^l_target calibration needs at least one reference prompt$"):
+        calibrate_l_target(pipe, [])
+
+
+def test_x_T_is_drawn_in_the_unets_dtype(pipe) -> None:
+    """In a float64 pipeline the starting latents are float64 too (float32 ones would fail in the UNet), and
+    the loss is the one a float64 x_T gives."""
+    import copy
+
+    pipe64 = copy.deepcopy(pipe)
+    pipe64.unet.to(torch.float64)
+    pipe64.text_encoder.to(torch.float64)
+    res = optimize_prompts(pipe64, ["trigger"], seeds=0, l_target=0.0, num_inference_steps=STEPS,
+                           config=PromptOptConfig(max_iters=0))  # fmt: skip
+    with torch.no_grad():
+        emb = encode_prompts(pipe64, ["trigger", ""])
+        pipe64.scheduler.set_timesteps(STEPS)
+        x_T = initial_latents(0, latent_shape(pipe64), dtype=torch.float64)
+        d = text_conditional_magnitude(pipe64.unet, x_T, pipe64.scheduler.timesteps[0], emb[:1], emb[1:])
+    assert res.prompt_embeds.dtype == torch.float64
+    assert float(d) == pytest.approx(res.records[0].initial_loss, rel=1e-9)
     assert PromptOptConfig() == PromptOptConfig(lr=0.05, max_iters=10, weight_decay=0.01)

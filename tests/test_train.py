@@ -257,23 +257,70 @@ def test_full_finetune_lowers_the_loss(tiny_sd_folder: Path, lab_tiny_data: Path
 
     # A random tiny SD (tests/tiny_sd.py, VAE factor 2): full fine-tuning at 16 px must lower its loss.
     shard = str(lab_tiny_data / "shard-000000.tar")
+    run = tmp_path / "runs" / "tiny" / "run"  # a folder whose parents do not exist yet
     cfg = _cfg(
         mode="full", max_steps=40, batch_size=16, lr=1e-3, ema=True, ema_decay=0.9, data={"resolution": 16}
     )
-    summary = run_training(cfg, tiny_sd_folder, shard, tmp_path / "run")
+    summary = run_training(cfg, tiny_sd_folder, shard, run)
     assert summary["status"] == "complete" and summary["steps"] == 40
     before = _fixed_loss(
         UNet2DConditionModel.from_pretrained(tiny_sd_folder / "unet"), tiny_sd_folder, shard, 16
     )
-    after = _fixed_loss(
-        UNet2DConditionModel.from_pretrained(tmp_path / "run" / "unet"), tiny_sd_folder, shard, 16
-    )
+    after = _fixed_loss(UNet2DConditionModel.from_pretrained(run / "unet"), tiny_sd_folder, shard, 16)
     assert after < 0.9 * before, (before, after)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 41))
-    assert yaml_section(tmp_path / "run" / "train_config.yaml")["mode"] == "full"
-    assert (tmp_path / "run" / "model_index.json").is_file()
-    assert any((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+    assert yaml_section(run / "train_config.yaml")["mode"] == "full"
+    assert (run / "model_index.json").is_file()
+    assert any((run / "logs").rglob("events.out.tfevents*"))
+    # the summary's loss is the 0.9/0.1 moving average of the logged step losses; the device is named
+    ema_loss = float("nan")
+    for r in rows:
+        ema_loss = r["loss"] if np.isnan(ema_loss) else 0.9 * ema_loss + 0.1 * r["loss"]
+    assert summary["final_loss_ema"] == pytest.approx(ema_loss, rel=1e-9)
+    assert summary["device"] == "cpu"
+
+
+def test_full_finetune_keeps_the_base_models_sampler(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
+                                                     torch_single_thread) -> None:  # fmt: skip
+    """The trainer reads the scheduler folder as a DDPM noise schedule; the output keeps the base model's own
+    sampler (here Euler, as a user's model might ship), its config and its model_index entry."""
+    import shutil
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from copyguard.train.finetune import run_training
+
+    base = tmp_path / "euler_base"
+    shutil.copytree(tiny_sd_folder, base)
+    sched = EulerDiscreteScheduler.from_pretrained(base / "scheduler")
+    shutil.rmtree(base / "scheduler")
+    sched.save_pretrained(base / "scheduler")
+    index = json.loads((base / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    (base / "model_index.json").write_text(json.dumps(index))
+    run_training(_cfg(mode="full", max_steps=2, batch_size=4, data={"resolution": 16}), base,
+                 str(lab_tiny_data / "shard-000000.tar"), tmp_path / "out")  # fmt: skip
+    out = tmp_path / "out"
+    assert json.loads((out / "model_index.json").read_text())["scheduler"] == [
+        "diffusers",
+        "EulerDiscreteScheduler",
+    ]
+    assert (out / "scheduler" / "scheduler_config.json").read_text() == (
+        base / "scheduler" / "scheduler_config.json"
+    ).read_text()
+    assert isinstance(StableDiffusionPipeline.from_pretrained(out).scheduler, EulerDiscreteScheduler)
+
+
+def test_bf16_mixed_precision_feeds_the_frozen_models_their_dtype(tiny_sd_folder: Path, lab_tiny_data: Path,
+                                                                  tmp_path: Path, torch_single_thread) -> None:  # fmt: skip
+    """``--mixed_precision bf16`` on the CPU: the frozen VAE and text encoder run in bfloat16, so the pixels
+    must reach the VAE in bfloat16 (float32 pixels fail in its first convolution)."""
+    from copyguard.train.finetune import run_training
+
+    cfg = _cfg(max_steps=2, batch_size=4, mixed_precision="bf16", data={"resolution": 16})
+    summary = run_training(cfg, tiny_sd_folder, str(lab_tiny_data / "shard-000000.tar"), tmp_path / "bf16")
+    assert summary["status"] == "complete" and np.isfinite(summary["final_loss_ema"])
 
 
 def yaml_section(path: Path) -> dict:
@@ -364,6 +411,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_sd_folder: Path,
     assert summary["status"].startswith("stopped") and summary["steps"] == 5  # steps 1-5 done, 6 poisoned
     assert summary["last_checkpoint"].endswith("step-000004")
     assert (out / "checkpoints" / "step-000004" / "model.safetensors").is_file()
+    assert not (out / "checkpoints" / "step-000004" / "ema.safetensors").exists()  # EMA is off by default
     assert not (out / "pytorch_lora_weights.safetensors").exists()
     from safetensors.torch import load_file
 

@@ -82,8 +82,18 @@ def reference_significance(pipe, prompt: str, steps: int, start: int, end: int, 
     return total / (end - start)
 
 
-def test_attribution_follows_the_guided_not_the_anti_guided_trajectory(pipe):
-    steps, start, end = 4, 2, 4  # scored at steps 2 and 3: the trajectory has moved twice
+@pytest.mark.parametrize(
+    ("steps", "start", "end", "scheduler"),
+    [
+        (4, 2, 4, None),  # scored at steps 2 and 3 of 4: the trajectory has moved twice
+        (5, 1, 3, "euler"),  # a window inside the trajectory, with x_T scaled by sigma_max
+    ],
+)
+def test_attribution_follows_the_guided_not_the_anti_guided_trajectory(pipe, steps, start, end, scheduler):
+    if scheduler is not None:
+        sched = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+        pipe = type(pipe)(**{**pipe.components, "scheduler": sched})
+        assert pipe.scheduler.init_noise_sigma > 10
     cfg = DetectConfig(num_inference_steps=steps, start=start, end=end, guidance_scale=S0)
     got = token_attribution(pipe, PROMPT, cfg)
     n_real = len(PROMPT.split())  # every word is one token of the tiny vocabulary
