@@ -316,10 +316,17 @@ def test_bf16_mixed_precision_feeds_the_frozen_models_their_dtype(tiny_sd_folder
                                                                   tmp_path: Path, torch_single_thread) -> None:  # fmt: skip
     """``--mixed_precision bf16`` on the CPU: the frozen VAE and text encoder run in bfloat16, so the pixels
     must reach the VAE in bfloat16 (float32 pixels fail in its first convolution)."""
+    from accelerate.state import AcceleratorState
+
     from copyguard.train.finetune import run_training
 
-    cfg = _cfg(max_steps=2, batch_size=4, mixed_precision="bf16", data={"resolution": 16})
-    summary = run_training(cfg, tiny_sd_folder, str(lab_tiny_data / "shard-000000.tar"), tmp_path / "bf16")
+    # Accelerate keeps one precision per process: forget the fp32 state earlier tests left, and this one after
+    AcceleratorState._reset_state()
+    try:
+        cfg = _cfg(max_steps=2, batch_size=4, mixed_precision="bf16", data={"resolution": 16})
+        summary = run_training(cfg, tiny_sd_folder, str(lab_tiny_data / "shard-000000.tar"), tmp_path / "bf16")
+    finally:
+        AcceleratorState._reset_state()
     assert summary["status"] == "complete" and np.isfinite(summary["final_loss_ema"])
 
 
