@@ -239,7 +239,7 @@ def run_module(name: str, children: int, timeout: float, size: int, seed: int) -
             left = max(timeout - (time.perf_counter() - t0), 1.0)
             proc = _mutmut(stage, "run", "--max-children", str(children), *todo, timeout=left)
             if proc.returncode != 0:
-                status = f"mutmut exit {proc.returncode}: {proc.stderr[-600:]}"
+                status = f"mutmut exit {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}"
     except subprocess.TimeoutExpired:
         status = f"stopped after {timeout:.0f} s"
     seconds = time.perf_counter() - t0

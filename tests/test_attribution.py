@@ -80,7 +80,7 @@ def test_significance_is_the_gradient_norm_of_the_mean_magnitude() -> None:
         (eps_c - eps_u).flatten(1).norm(dim=1).mean().backward()
         expected += e.grad[0].norm(dim=-1) / 2
     torch.testing.assert_close(sig, expected, atol=1e-6, rtol=1e-4)
-    with pytest.raises(ValueError, match=r"needs at least one \(x_t, t\) step"):
+    with pytest.raises(ValueError, match=r"^token_significance needs at least one \(x_t, t\) step$"):
         token_significance(pipe.unet, [], emb[:1], emb[1:])
 
 

@@ -357,5 +357,25 @@ def test_bucket_size_limit_is_exclusive_and_warned(caplog) -> None:
 
 
 def test_caption_groups_refuses_misaligned_inputs() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^2 keys but 1 captions$"):
         caption_groups(["a", "b"], ["one caption"])
+
+
+def test_the_given_config_and_switches_reach_the_signatures_and_the_exact_jaccard() -> None:
+    """``exact_jaccard`` and ``minhash_signatures`` use the config and switches they are given; no captions give
+    an empty ``uint64`` signature matrix; a two-member bucket is one star edge; a band layout that uses every
+    signature value is valid."""
+    a, b = "a photo of the red car", "the red car photo"
+    plain = MinHashConfig(canonical=False)
+    sa, sb = shingles(a), shingles(b)  # the plain scheme: character 5-grams
+    assert exact_jaccard(a, b, plain) == pytest.approx(len(sa & sb) / len(sa | sb))
+    assert exact_jaccard(a, b, plain) != exact_jaccard(a, b)
+    keep = CaptionCanon(drop_stopwords=False)
+    assert not np.array_equal(minhash_signatures([a], CFG, keep), minhash_signatures([a], CFG))
+    np.testing.assert_array_equal(minhash_signatures([a], CFG, keep)[0], minhash_signature(a, CFG, keep))
+    empty = minhash_signatures([], MinHashConfig(num_perm=16))
+    assert empty.shape == (0, 16) and empty.dtype == np.uint64
+    assert star_edges(["b", "a"]) == [("b", "a")]
+    assert len(band_keys(np.arange(8, dtype=np.uint64), bands=2, rows=4)) == 2
+    with pytest.raises(ValueError, match="^3 bands x 3 rows need 9 values, signature has 8$"):
+        band_keys(np.arange(8, dtype=np.uint64), bands=3, rows=3)

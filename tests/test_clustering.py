@@ -216,3 +216,36 @@ def test_gpu_path_builds_a_knn_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clustering, "gpu_available", lambda: False)
     with pytest.raises(UsageError, match="no GPU"):
         similarity_edges(emb, 0.75, ImagesConfig(use_gpu=True))
+
+
+def test_knn_graph_links_each_image_to_its_k_nearest_only() -> None:
+    """k = 2 on a chain a-b-c-d (every pair above the threshold): the ends never link to each other."""
+    rng = np.random.default_rng(4)
+    base, step = rng.standard_normal(64), 0.12 * rng.standard_normal(64)
+    chain = [base + s * step for s in range(4)]
+    emb = _unit(np.array(chain + list(rng.standard_normal((20, 64)))))
+    gram = emb @ emb.T
+    assert gram[0, 3] > 0.6 and gram[0, 3] < min(gram[0, 2], gram[1, 3])  # a's two nearest are b, c
+    i, j, _ = similarity_edges(emb, 0.6, ImagesConfig(knn_k=2), mode="knn")
+    assert _pairs(i, j) == {(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)}
+
+
+def test_small_ivf_runs_one_list_and_cluster_embeddings_reports_its_steps() -> None:
+    """Below two lists' worth of training vectors IVF keeps one list (probing it is exact search);
+    ``cluster_embeddings`` adds its own step times and the edge count to the search's."""
+    import time
+
+    emb, _ = _planted(30, [3, 3], noise=0.3)  # 36 < 2 x 20 training vectors
+    times: dict = {}
+    ivf = _pairs(*similarity_edges(emb, 0.6, ImagesConfig(), mode="ivf", timings=times)[:2])
+    assert times["nlist"] == 1 and ivf == _pairs(
+        *similarity_edges(emb, 0.6, ImagesConfig(), mode="exact")[:2]
+    )
+    times = {}
+    t0 = time.perf_counter()
+    labels = cluster_embeddings([f"k{n:02d}" for n in range(len(emb))], emb, ImagesConfig(), timings=times)
+    wall = time.perf_counter() - t0
+    assert times["edges"] == len(similarity_edges(emb, ImagesConfig().threshold, ImagesConfig())[0])
+    assert 0 <= times["index_s"] <= times["search_s"] <= times["similarity_s"] <= wall
+    assert times["cluster_s"] >= 0 and times["similarity_s"] + times["cluster_s"] <= wall
+    assert len(labels) == len(emb)

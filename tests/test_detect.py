@@ -108,7 +108,7 @@ def test_threshold_for_fpr_order_statistic() -> None:
     assert threshold_for_fpr([1.0, 2.0, 2.0, 2.0], 0.25) == 2.0  # ties: FPR 0 <= target
     with pytest.raises(UsageError, match="at least one reference prompt"):
         threshold_for_fpr([], 0.01)
-    with pytest.raises(UsageError, match="NaN or infinity"):
+    with pytest.raises(UsageError, match="^calibration scores contain NaN or infinity$"):
         threshold_for_fpr([1.0, float("nan")], 0.01)
     with pytest.raises(UsageError, match=r"target FPR must lie in \(0, 1\), got 1.0"):
         threshold_for_fpr([1.0, 2.0], 1.0)

@@ -134,3 +134,5 @@ def test_the_canonical_switches_reach_both_caption_rules() -> None:
 
     assert rules() == ["", "exact_caption"]
     assert rules(canon=no_mask) == ["", "near_duplicate_caption"]
+    texts[:] = ["the red car", "the red car"]  # the same caption is exact under any switches
+    assert rules(canon=CaptionCanon(drop_stopwords=False)) == ["", "exact_caption"]

@@ -147,3 +147,39 @@ def test_x_T_is_drawn_in_the_unets_dtype(pipe) -> None:
     assert res.prompt_embeds.dtype == torch.float64
     assert float(d) == pytest.approx(res.records[0].initial_loss, rel=1e-9)
     assert PromptOptConfig() == PromptOptConfig(lr=0.05, max_iters=10, weight_decay=0.01)
+
+
+def test_weight_decay_reaches_adamw_and_defaults_to_the_config(pipe) -> None:
+    """``optimize_embeddings``' default weight decay is 0.01 (the config's); another one changes the result."""
+    with torch.no_grad():
+        emb = encode_prompts(pipe, ["trigger", ""])
+    x = initial_latents(0, (4, 8, 8))
+
+    def run(**kw):
+        return optimize_embeddings(pipe.unet, x, 981, emb[:1], emb[1:], l_target=0.0, max_iters=3, **kw)
+
+    assert torch.equal(run().prompt_embeds, run(weight_decay=0.01).prompt_embeds)
+    assert not torch.allclose(run(weight_decay=0.0).prompt_embeds, run(weight_decay=5.0).prompt_embeds)
+    res = optimize_prompts(pipe, ["trigger"], seeds=0, l_target=0.0, num_inference_steps=STEPS,
+                           config=PromptOptConfig(max_iters=3, weight_decay=5.0))  # fmt: skip
+    assert not torch.allclose(res.prompt_embeds, run(weight_decay=0.01).prompt_embeds)
+
+
+def test_x_T_is_scaled_by_the_schedulers_initial_sigma(pipe) -> None:
+    """With Euler (sigma_max ~ 14.6) x_T is ``randn * init_noise_sigma`` and the UNet sees it scaled back."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    euler = StableDiffusionPipeline(
+        **{**pipe.components, "scheduler": EulerDiscreteScheduler.from_config(pipe.scheduler.config)}
+    )
+    res = optimize_prompts(euler, ["trigger"], seeds=0, l_target=0.0, num_inference_steps=STEPS,
+                           config=PromptOptConfig(max_iters=0))  # fmt: skip
+    sched = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(STEPS)
+    t = sched.timesteps[0]
+    x_T = initial_latents(0, latent_shape(euler), init_noise_sigma=float(sched.init_noise_sigma))
+    with torch.no_grad():
+        emb = encode_prompts(euler, ["trigger", ""])
+        d = text_conditional_magnitude(euler.unet, sched.scale_model_input(x_T, t), t, emb[:1], emb[1:])
+    assert sched.init_noise_sigma > 10
+    assert float(d) == pytest.approx(res.records[0].initial_loss, rel=1e-5)

@@ -324,7 +324,9 @@ def test_bf16_mixed_precision_feeds_the_frozen_models_their_dtype(tiny_sd_folder
     AcceleratorState._reset_state()
     try:
         cfg = _cfg(max_steps=2, batch_size=4, mixed_precision="bf16", data={"resolution": 16})
-        summary = run_training(cfg, tiny_sd_folder, str(lab_tiny_data / "shard-000000.tar"), tmp_path / "bf16")
+        summary = run_training(
+            cfg, tiny_sd_folder, str(lab_tiny_data / "shard-000000.tar"), tmp_path / "bf16"
+        )
     finally:
         AcceleratorState._reset_state()
     assert summary["status"] == "complete" and np.isfinite(summary["final_loss_ema"])
