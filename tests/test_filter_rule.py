@@ -209,3 +209,21 @@ def test_the_summary_names_the_threshold_source_and_every_count() -> None:
     ]  # fmt: skip
     assert summary["recalibrations"] == flt.recalibrations == 2
     assert summary["threshold_source"].startswith("median + 4 MAD of 20 magnitudes")
+
+
+def test_record_counts_every_batch_and_logs_rounded_rows() -> None:
+    """``seen`` adds up over micro-batches; a dropped sample's row carries its magnitude and threshold rounded
+    to 6 decimals; a bucketed calibration names its buckets in the source."""
+    flt = MagnitudeFilter(FilterConfig(threshold=1.0))
+    flt.record(1, ["a", "b"], [10, 20], [0.5, 1.23456789], [1.0, 0.0])
+    rows = flt.record(1, ["c"], [30], [2.0000004], [0.0])
+    assert flt.seen == 3 and flt.filtered == 2
+    assert rows == [{"key": "c", "step": 1, "timestep": 30, "magnitude": 2.0, "threshold": 1.0}]
+    first = MagnitudeFilter(FilterConfig(threshold=1.0))
+    (row,) = first.record(1, ["b"], [20], [1.23456789], [0.0])
+    assert row["magnitude"] == 1.234568
+    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=2))
+    mags = list(_clean(np.random.default_rng(5), 40))
+    flt.record(1, [f"k{i}" for i in range(40)], [100] * 20 + [900] * 20, mags, [1.0] * 40)
+    flt.end_step(0)
+    assert flt.source == "median + 4 MAD of 40 magnitudes in 2 timestep buckets"

@@ -332,6 +332,21 @@ def test_bf16_mixed_precision_feeds_the_frozen_models_their_dtype(tiny_sd_folder
     assert summary["status"] == "complete" and np.isfinite(summary["final_loss_ema"])
 
 
+def test_fp16_without_a_gpu_is_a_one_line_error(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from copyguard.common.errors import UsageError
+    from copyguard.train.finetune import run_training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        UsageError, match="^mixed_precision fp16 needs a CUDA GPU; on the CPU use bf16 or no$"
+    ):
+        run_training(
+            _cfg(mixed_precision="fp16"), tiny_sd_folder, str(lab_tiny_data / "*.tar"), tmp_path / "fp16"
+        )
+    assert not (tmp_path / "fp16").exists()  # refused before anything is written
+
+
 def yaml_section(path: Path) -> dict:
     import yaml
 

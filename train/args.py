@@ -32,7 +32,12 @@ CONFIG_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
         None,
         "newest checkpoints kept (older ones are deleted after each save)",
     ),
-    "--mixed_precision": ("mixed_precision", str, ("no", "fp16", "bf16"), "autocast precision"),
+    "--mixed_precision": (
+        "mixed_precision",
+        str,
+        ("no", "fp16", "bf16"),
+        "autocast precision (fp16 needs CUDA)",
+    ),
     "--report_to": ("report_to", str, ("tensorboard", "wandb", "all"), "experiment tracker(s)"),
     "--rank": ("lora.rank", int, None, "LoRA rank (train.mode=lora)"),
     "--seed": ("seed", int, None, "seed of every random draw and of the data stream"),

@@ -74,6 +74,9 @@ def run_training(cfg: TrainConfig, model_dir: str | Path, data: str | list[str],
     from accelerate.utils import ProjectConfiguration, set_seed
 
     out = Path(out_dir)
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # CPU autocast covers bfloat16: fp16 pixels meet the float32 UNet weights and fail deep in a forward
+        raise UsageError("mixed_precision fp16 needs a CUDA GPU; on the CPU use bf16 or no")
     if resume not in (None, "latest"):
         find_checkpoint(out, resume)  # a bad path fails before the models load
     log_with = _trackers(cfg.report_to)
