@@ -47,9 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "build" / "mutate"
 PACKAGES = ("common", "curation", "mitigation", "train", "pipelines")
 EQUIVALENT_FILE = ROOT / "tests" / "mutate_equivalent.json"
-# mutmut's exit codes (mutmut.stats.status_by_exit_code): 1 and 3 kill, 0 survives
-STATUS = {0: "survived", 1: "killed", 3: "killed", 33: "no tests", 36: "timeout", -24: "timeout", 24: "timeout",
-          152: "timeout", 255: "timeout", None: "not checked"}  # fmt: skip
 _NO_SUCH_MUTANT = "copyguard.no_such_mutant__generate_only"
 
 # module name -> (file to mutate, relative to the repository; its fast tests)
@@ -223,6 +220,8 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
 
 
 def run_module(name: str, children: int, timeout: float, size: int, seed: int) -> dict:
+    from mutmut.stats import status_by_exit_code  # mutmut's names: "killed", "survived", "no tests", ...
+
     stage = build_stage(name)
     t0 = time.perf_counter()
     status = "done"
@@ -231,10 +230,9 @@ def run_module(name: str, children: int, timeout: float, size: int, seed: int) -
             gen = _mutmut(stage, "run", "--max-children", str(children), _NO_SUCH_MUTANT, timeout=timeout)
             if not exit_codes(stage):
                 raise RuntimeError(f"mutmut generated no mutants: {gen.stdout[-400:]} {gen.stderr[-600:]}")
-        chosen = sample_names(list(exit_codes(stage)), size, seed, name)
-        todo = (
-            [m for m in chosen if exit_codes(stage)[m] is None] if os.environ.get("MUTATE_RESUME") else chosen
-        )
+        codes = exit_codes(stage)
+        chosen = sample_names(list(codes), size, seed, name)
+        todo = [m for m in chosen if codes[m] is None] if os.environ.get("MUTATE_RESUME") else chosen
         if todo:
             left = max(timeout - (time.perf_counter() - t0), 1.0)
             proc = _mutmut(stage, "run", "--max-children", str(children), *todo, timeout=left)
@@ -243,14 +241,14 @@ def run_module(name: str, children: int, timeout: float, size: int, seed: int) -
     except subprocess.TimeoutExpired:
         status = f"stopped after {timeout:.0f} s"
     seconds = time.perf_counter() - t0
-    codes = exit_codes(stage)
+    codes = exit_codes(stage)  # the run's results
     chosen = sample_names(list(codes), size, seed, name)
     equivalent = load_equivalent()
     counts = {"killed": 0, "survived": 0, "equivalent": 0, "log text": 0, "timeout": 0, "no tests": 0,
               "not checked": 0}  # fmt: skip
     survivors, equivalents = [], []
     for m in chosen:
-        state = STATUS.get(codes[m], "suspicious")
+        state = status_by_exit_code[codes[m]]
         if state in ("survived", "no tests"):
             removed, added = changed_lines(_mutmut(stage, "show", m).stdout)
             reason = equivalent.get((name, function_of(m), removed, added))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -72,8 +74,6 @@ def test_auto_mode_uses_ivf_above_exact_max() -> None:
 def test_ivf_mode_reports_its_steps_and_finds_no_edge_without_a_match() -> None:
     """IVF (forced, or chosen above ``exact_max``) runs the list join and times its steps inside the search;
     a run where no pair reaches the threshold gives empty edge arrays, not an error."""
-    import time
-
     emb, _ = _planted(3000, [3] * 30, noise=0.3)
     exact = _pairs(*similarity_edges(emb, 0.6, ImagesConfig(), mode="exact")[:2])
     for mode, cfg, steps in (
@@ -233,8 +233,6 @@ def test_knn_graph_links_each_image_to_its_k_nearest_only() -> None:
 def test_small_ivf_runs_one_list_and_cluster_embeddings_reports_its_steps() -> None:
     """Below two lists' worth of training vectors IVF keeps one list (probing it is exact search);
     ``cluster_embeddings`` adds its own step times and the edge count to the search's."""
-    import time
-
     emb, _ = _planted(30, [3, 3], noise=0.3)  # 36 < 2 x 20 training vectors
     times: dict = {}
     ivf = _pairs(*similarity_edges(emb, 0.6, ImagesConfig(), mode="ivf", timings=times)[:2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +174,6 @@ def test_scores_in_the_unets_dtype(pipe) -> None:
     """The prompt embeddings and x_T follow the UNet's dtype: with a float64 UNet beside a float32 text
     encoder the detector casts the embeddings and draws x_T in float64 (left in float32 they make the UNet
     fail), and the score is the magnitude computed by hand in float64."""
-    import copy
-
     pipe64 = copy.deepcopy(pipe)
     pipe64.unet.to(torch.float64)
     det = _det(pipe64)

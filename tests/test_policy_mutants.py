@@ -4,7 +4,7 @@ the numeric order of the size histogram."""
 
 from __future__ import annotations
 
-from copyguard.curation.caption_canon import content_words
+from copyguard.curation.caption_canon import CaptionCanon, content_words
 from copyguard.curation.config import PolicyConfig
 from copyguard.curation.policy import Decision, decide, size_histogram, summarize
 from tests.test_policy import TEMPLATE
@@ -115,8 +115,6 @@ def test_decisions_carry_their_groups() -> None:
 def test_the_canonical_switches_reach_both_caption_rules() -> None:
     """``canon`` decides what counts as a content word (template rule) and as the same caption (exact vs
     near-duplicate): with ``mask_codes`` off, product codes are words and different codes differ."""
-    from copyguard.curation.caption_canon import CaptionCanon
-
     no_mask = CaptionCanon(mask_codes=False)
     keys, ig, cg, texts = _template_group(6, caption="red car SKU74173 A12B")  # 2 content words, 4 unmasked
     cfg = PolicyConfig(template_policy="drop", template_min_images=5)

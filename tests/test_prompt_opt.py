@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -132,8 +134,6 @@ def test_direct_api_and_errors(pipe) -> None:
 def test_x_T_is_drawn_in_the_unets_dtype(pipe) -> None:
     """In a float64 pipeline the starting latents are float64 too (float32 ones would fail in the UNet), and
     the loss is the one a float64 x_T gives."""
-    import copy
-
     pipe64 = copy.deepcopy(pipe)
     pipe64.unet.to(torch.float64)
     pipe64.text_encoder.to(torch.float64)
