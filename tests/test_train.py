@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,12 +282,39 @@ def test_full_finetune_lowers_the_loss(tiny_sd_folder: Path, lab_tiny_data: Path
     assert summary["device"] == "cpu"
 
 
+def _shard_with_broken_samples_first(source: Path, out: Path) -> Path:
+    """``source``'s samples with broken ones: an image that does not decode and an image without a caption
+    before the first batch of 4, another undecodable image before the second (the two training steps below
+    read 8 good samples, so each broken one is read once)."""
+    import io
+    import tarfile
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(source) as src, tarfile.open(out, "w") as dst:
+        add(dst, "broken0.jpg", b"not a jpeg")
+        add(dst, "broken0.txt", b"a caption")
+        good = next(m for m in src.getmembers() if m.name.endswith(".jpg"))
+        add(dst, "broken1.jpg", src.extractfile(good).read())
+        keys: list[str] = []
+        for member in src.getmembers():
+            key = member.name.rsplit(".", 1)[0]
+            if key not in keys:
+                keys.append(key)
+                if len(keys) == 5:
+                    add(dst, "broken2.jpg", b"not a jpeg either")
+                    add(dst, "broken2.txt", b"a caption")
+            add(dst, member.name, src.extractfile(member).read())
+    return out
+
+
 def test_full_finetune_keeps_the_base_models_sampler(tiny_sd_folder: Path, lab_tiny_data: Path, tmp_path: Path,
                                                      torch_single_thread) -> None:  # fmt: skip
     """The trainer reads the scheduler folder as a DDPM noise schedule; the output keeps the base model's own
     sampler (here Euler, as a user's model might ship), its config and its model_index entry."""
-    import shutil
-
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from copyguard.train.finetune import run_training
@@ -299,9 +327,13 @@ def test_full_finetune_keeps_the_base_models_sampler(tiny_sd_folder: Path, lab_t
     index = json.loads((base / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
     (base / "model_index.json").write_text(json.dumps(index))
-    run_training(_cfg(mode="full", max_steps=2, batch_size=4, data={"resolution": 16}), base,
-                 str(lab_tiny_data / "shard-000000.tar"), tmp_path / "out")  # fmt: skip
+    shard = _shard_with_broken_samples_first(lab_tiny_data / "shard-000000.tar", tmp_path / "shard.tar")
+    cfg = _cfg(mode="full", max_steps=2, batch_size=4, data={"resolution": 16, "shuffle_buffer": 0})
+    summary = run_training(cfg, base, str(shard), tmp_path / "out")
     out = tmp_path / "out"
+    # the broken samples of both batches are counted by reason in the summary and training.json
+    assert summary["skipped_samples"] == {"corrupt_image": 2, "missing_caption": 1}
+    assert json.loads((out / "training.json").read_text())["skipped_samples"] == summary["skipped_samples"]
     assert json.loads((out / "model_index.json").read_text())["scheduler"] == [
         "diffusers",
         "EulerDiscreteScheduler",
@@ -310,6 +342,34 @@ def test_full_finetune_keeps_the_base_models_sampler(tiny_sd_folder: Path, lab_t
         base / "scheduler" / "scheduler_config.json"
     ).read_text()
     assert isinstance(StableDiffusionPipeline.from_pretrained(out).scheduler, EulerDiscreteScheduler)
+
+
+def test_resume_keeps_the_skipped_counts_and_reads_an_older_checkpoint(tiny_sd_folder: Path, lab_tiny_data: Path,
+                                                                        tmp_path: Path, torch_single_thread) -> None:  # fmt: skip
+    """A resumed run adds the checkpoint's skipped-sample counts to its own; a checkpoint written before those
+    counts existed (no ``skipped`` in its state) still resumes."""
+    from copyguard.train.checkpoints import STATE_FILE
+    from copyguard.train.finetune import run_training
+
+    shard = str(_shard_with_broken_samples_first(lab_tiny_data / "shard-000000.tar", tmp_path / "shard.tar"))
+    data = {"resolution": 16, "shuffle_buffer": 0}
+    first = run_training(_cfg(mode="full", max_steps=1, batch_size=4, checkpoint_every=1, data=data),
+                         tiny_sd_folder, shard, tmp_path / "run")  # fmt: skip
+    assert first["skipped_samples"] == {"corrupt_image": 1, "missing_caption": 1}
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000001"
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "run", legacy)
+    state = json.loads((legacy / "checkpoints" / ckpt.name / STATE_FILE).read_text())
+    del state["skipped"]
+    (legacy / "checkpoints" / ckpt.name / STATE_FILE).write_text(json.dumps(state))
+    cfg = _cfg(mode="full", max_steps=2, batch_size=4, checkpoint_every=1, data=data)
+    resumed = run_training(cfg, tiny_sd_folder, shard, tmp_path / "run", resume="latest")
+    old = run_training(cfg, tiny_sd_folder, shard, legacy, resume="latest")
+    assert resumed["status"] == old["status"] == "complete" and resumed["steps"] == old["steps"] == 2
+    # the resumed stream reads the first batch's broken samples again and the second's: on top of the saved ones
+    more = {k: old["skipped_samples"].get(k, 0) for k in ("corrupt_image", "missing_caption")}
+    assert more["corrupt_image"] >= 1
+    assert resumed["skipped_samples"] == {k: v + first["skipped_samples"][k] for k, v in more.items()}
 
 
 def test_bf16_mixed_precision_feeds_the_frozen_models_their_dtype(tiny_sd_folder: Path, lab_tiny_data: Path,
