@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from copyguard.mitigation.magnitude import robust_threshold
+from copyguard.pipelines.lab.filter_rules import RULES, rule_table
+from copyguard.pipelines.lab.filter_rules import main as filter_rules_main
 from copyguard.train.config import FilterConfig
 from copyguard.train.mem_filter import (
     MagnitudeFilter,
@@ -106,8 +108,6 @@ def test_a_checkpoint_from_before_recalibration_loads_with_its_calibration_as_th
 
 
 def test_rule_table_counts_clean_and_duplicated_draws_per_rule() -> None:
-    from copyguard.pipelines.lab.filter_rules import rule_table
-
     rng = np.random.default_rng(3)
     n_clean, n_dup = 2000, 200
     data = {
@@ -227,3 +227,21 @@ def test_record_counts_every_batch_and_logs_rounded_rows() -> None:
     flt.record(1, [f"k{i}" for i in range(40)], [100] * 20 + [900] * 20, mags, [1.0] * 40)
     flt.end_step(0)
     assert flt.source == "median + 4 MAD of 40 magnitudes in 2 timestep buckets"
+
+
+def test_filter_rules_cli_records_a_result_with_its_commit_and_machine(tiny_sd_folder, lab_tiny_data,
+                                                                        tmp_path) -> None:  # fmt: skip
+    """``python -m copyguard.pipelines.lab.filter_rules`` measures a model's training magnitudes and writes a
+    result the docs renderer can date: the command, commit and machine, one row per rule."""
+    args = ["--model", str(tiny_sd_folder), "--input", str(lab_tiny_data / "*.tar"), "--quick",
+            "--name", "rules_probe", "--machine", "probe", "--out", str(tmp_path), "--note", "n"]  # fmt: skip
+    assert filter_rules_main(args) == 0
+    result = json.loads((tmp_path / "probe" / "rules_probe.json").read_text())
+    assert result["benchmark"] == "rules_probe" and result["quick"] is True and result["note"] == "n"
+    assert "commit" in result["git"] and result["machine"]["tag"] == "probe"
+    assert result["command"].startswith("python -m copyguard.pipelines.lab.filter_rules --model")
+    assert result["draws"] == 1 and set(result["rules"]) == set(RULES)
+    labelled = [json.loads(x) for x in (lab_tiny_data / "ground_truth.jsonl").read_text().splitlines()]
+    assert 0 < result["samples"] <= len(labelled)
+    clean = result["rules"]["mad_k4 (default)"]["clean_dropped_pct"]
+    assert 0.0 <= clean <= 100.0

@@ -9,7 +9,9 @@ the first steps, and reports per rule the share of draws it drops among clean sa
 among duplicated ones (by copy count). A rule that suits a default drops (almost) no clean draws and many of
 the duplicated ones; a percentile always drops its share of whatever it sees.
 
-    python -m copyguard.pipelines.lab.filter_rules --model MODEL_DIR --input 'DATA/*.tar' --output rules.json
+    python -m copyguard.pipelines.lab.filter_rules --model MODEL_DIR --input 'DATA/*.tar' --name filter_rules_small
+
+writes ``benchmarks/results/<machine>/<name>.json`` with the commit, machine and command (or ``--output PATH``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from PIL import Image
 from copyguard.common.fileops import atomic_write, expand_paths
 from copyguard.curation.records import Sample
 from copyguard.curation.shards import iter_samples
+from copyguard.pipelines.lab.results import (
+    add_result_args,
+    begin_result,
+    finish_result,
+    setup_logging,
+    write_result,
+)
 from copyguard.train.config import FilterConfig
 from copyguard.train.finetune_data import prepare_image
 from copyguard.train.mem_filter import bucket_thresholds, filtered_prediction, timestep_bucket
@@ -115,14 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="a trained lab model (diffusers folder)")
     parser.add_argument("--input", required=True, help="its training shards (ground_truth.jsonl beside them)")
-    parser.add_argument("--output", required=True, help="JSON to write")
+    parser.add_argument("--name", default="filter_rules", help="the result's name (its JSON file)")
+    parser.add_argument("--output", default=None, help="JSON to write (default: the results folder, --name)")
     parser.add_argument("--draws", type=int, default=4, help="random (t, noise) draws per sample")
     parser.add_argument("--calibration", type=int, default=160, help="draws the rules calibrate on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="free text recorded with the result")
+    add_result_args(parser)
     args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.quick:  # a smoke run: one draw per sample, a quarter of the calibration draws
+        args.draws, args.calibration = 1, max(args.calibration // 4, 20)
+    report = begin_result(args.name, "copyguard.pipelines.lab.filter_rules", argv, args.machine, args.quick)
     data = training_magnitudes(args.model, args.input, args.draws, seed=args.seed)
     table = rule_table(data, args.calibration, seed=args.seed)
-    report = {
+    report |= {
         "model": args.model,
         "input": args.input,
         "draws": args.draws,
@@ -130,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         "samples": int(len(data["magnitude"]) // max(args.draws, 1)),
         "clean_share_pct": round(100 * float((data["copies"] == 1).mean()), 1),
         "rules": table,
+        "note": args.note,
     }
-    atomic_write(args.output, json.dumps(report, indent=1))
+    if args.output:
+        atomic_write(args.output, json.dumps(finish_result(report), indent=1))
+    else:
+        write_result(report, args.out, args.machine, args.name)
     print(json.dumps(table, indent=1))
     return 0
 
