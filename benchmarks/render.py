@@ -74,6 +74,10 @@ SOURCES: dict[str, str] = {
     "train_evidence": _TRAIN,
     "train_evidence_rules": _TRAIN,
     "train_evidence_recalibrate": _TRAIN,
+    "train_evidence_rules_small": _TRAIN,
+    "train_evidence_recalibrate_small": _TRAIN,
+    "filter_rules_tiny": _TRAIN,
+    "filter_rules_small": _TRAIN,
     "bench_gpu": f"mitigation/ benchmarks/gpu_ {_TRAIN} {_LAB}",
 }
 
