@@ -17,8 +17,8 @@ The flags use the diffusers training-script names; each sets one train.KEY and w
 The memorization filter is on by default: samples whose text-conditional noise magnitude (Wen et al., ICLR
 2024) reaches the threshold leave the loss of that step and are logged to RUN_DIR/filtered.jsonl. The threshold
 is median + 4 x 1.4826 MAD of the first 20 steps' magnitudes per timestep bucket (train.filter.rule=mad,
-train.filter.mads); train.filter.recalibrate_every=R recomputes it every R steps from the last 20 steps (for
-a fine-tune whose magnitudes drift); train.filter.rule=percentile or a fixed train.filter.threshold replace
+train.filter.mads), recomputed every 20 steps from the last 20 steps' magnitudes as a fine-tune moves them
+(train.filter.recalibrate_every; 0 keeps the first calibration); train.filter.rule=percentile or a fixed train.filter.threshold replace
 it, and --set train.filter.enabled=false turns the filter off.
 Outputs in RUN_DIR: the diffusers folder (full) or pytorch_lora_weights.safetensors (LoRA: load with
 pipe.load_lora_weights(RUN_DIR)), train_config.yaml, train_log.jsonl, training.json, checkpoints/,

@@ -70,14 +70,20 @@ def test_buckets_use_the_rule_per_bucket_and_fall_back_to_the_global_one() -> No
 
 
 def test_calibrated_filter_reports_its_rule() -> None:
-    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=1, mads=4.0))
     mags = list(_clean(np.random.default_rng(2), 50))
+    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=1, mads=4.0))  # the defaults
+    flt.record(1, [f"k{i}" for i in range(50)], [10] * 50, mags, [1.0] * 50)
+    flt.end_step(0)
+    assert flt.source == "median + 4 MAD of 50 magnitudes, recomputed every 20 steps over the last 1 step"
+    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=1, mads=4.0, recalibrate_every=0))
     flt.record(1, [f"k{i}" for i in range(50)], [10] * 50, mags, [1.0] * 50)
     flt.end_step(0)
     assert flt.threshold == pytest.approx(robust_threshold(mags, 4.0))
     assert flt.source == "median + 4 MAD of 50 magnitudes"
     flt = MagnitudeFilter(
-        FilterConfig(calibrate_steps=1, timestep_buckets=1, rule="percentile", percentile=97.5)
+        FilterConfig(
+            calibrate_steps=1, timestep_buckets=1, rule="percentile", percentile=97.5, recalibrate_every=0
+        )
     )
     flt.record(1, [f"k{i}" for i in range(50)], [10] * 50, mags, [1.0] * 50)
     flt.end_step(0)
@@ -162,7 +168,7 @@ def test_recalibration_follows_drifting_magnitudes_and_still_drops_the_outliers(
     assert fixed.recalibrations == 0 and clean_fixed > 0.1  # the first calibration goes stale
     assert flt.recalibrations == (200 - 10) // 5 and clean_re < 0.02
     assert mem_re > 0.8  # the memorized minority still stands out of the moving bulk
-    assert "recomputed every 5 steps over the last 10" in flt.source
+    assert "recomputed every 5 steps over the last 10 steps" in flt.source
     # the window is the last calibrate_steps steps: the thresholds are the rule over exactly those
     assert set(flt.calibration_step) == set(range(191, 201)) and len(flt.calibration) == 10 * 32
     assert flt.threshold == pytest.approx(robust_threshold(flt.calibration, 4.0))
@@ -222,7 +228,7 @@ def test_record_counts_every_batch_and_logs_rounded_rows() -> None:
     first = MagnitudeFilter(FilterConfig(threshold=1.0))
     (row,) = first.record(1, ["b"], [20], [1.23456789], [0.0])
     assert row["magnitude"] == 1.234568
-    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=2))
+    flt = MagnitudeFilter(FilterConfig(calibrate_steps=1, timestep_buckets=2, recalibrate_every=0))
     mags = list(_clean(np.random.default_rng(5), 40))
     flt.record(1, [f"k{i}" for i in range(40)], [100] * 20 + [900] * 20, mags, [1.0] * 40)
     flt.end_step(0)

@@ -61,7 +61,9 @@ class FilterConfig(StrictModel):
     depends on ``t``) and compares each sample with its own bucket's (default 10); 1 is the paper's single
     threshold. A fixed ``threshold`` stays one number. ``recalibrate_every`` R > 0 (calibrated thresholds only)
     recomputes the thresholds every R optimizer steps from the magnitudes of the last ``calibrate_steps``
-    steps, so the rule follows the magnitudes as a fine-tune moves them; 0 keeps the first calibration. ``batched``: true makes one UNet call on the
+    steps, so the rule follows the magnitudes as a fine-tune moves them (default 20: measured on a lab model that
+    memorizes, it cut memorization as much as one calibration and dropped fewer clean samples, docs/training.md);
+    0 keeps the first calibration. ``batched``: true makes one UNet call on the
     concatenated (uncond, cond) batch of 2B (the paper's form); false runs the unconditional half as a
     separate no-grad call. ``auto`` (default) batches on CUDA and runs the no-grad call elsewhere: on a
     compute-bound CPU the batched call's backward over 2B samples costs more than one extra no-grad forward
@@ -74,7 +76,7 @@ class FilterConfig(StrictModel):
     mads: float = Field(4.0, gt=0)
     percentile: float = Field(99.0, gt=0, lt=100)
     calibrate_steps: int = Field(20, ge=1)
-    recalibrate_every: int = Field(0, ge=0)
+    recalibrate_every: int = Field(20, ge=0)
     timestep_buckets: int = Field(10, ge=1)
     batched: bool | Literal["auto"] = "auto"
 

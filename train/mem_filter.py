@@ -235,9 +235,8 @@ class MagnitudeFilter:
             self.thresholds = per
             self.source += f" in {n_b} timestep buckets"
         if self.recalibrating:
-            self.source += (
-                f", recomputed every {spec.recalibrate_every} steps over the last {spec.calibrate_steps}"
-            )
+            window = f"{spec.calibrate_steps} step" + ("s" if spec.calibrate_steps != 1 else "")
+            self.source += f", recomputed every {spec.recalibrate_every} steps over the last {window}"
 
     def open_log(self, path: Path, resumed_step: int) -> None:
         """Log to ``path``; keep only rows of steps ``<= resumed_step`` (1-based; 0 starts a fresh file)."""

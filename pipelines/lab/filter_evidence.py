@@ -362,7 +362,7 @@ def filter_sets(rule: str, percentile: float, mads: float, calibrate: int, bucke
         f"train.filter.mads={mads}",
         f"train.filter.calibrate_steps={calibrate}",
         f"train.filter.timestep_buckets={buckets}",
-        *([f"train.filter.recalibrate_every={recalibrate}"] if recalibrate else []),
+        f"train.filter.recalibrate_every={recalibrate}",  # 0: calibrated once (the config's default is 20)
     ]
 
 
