@@ -345,13 +345,14 @@ def test_lab_model_summary_reads_the_model_card_figures(
     """``python -m copyguard.pipelines.lab.model_summary --quick`` on a cached (here: planted) tiny lab model
     writes ``lab_model.json`` with the model card's figures and the goal."""
     from copyguard.pipelines.lab import model_summary
-    from copyguard.pipelines.lab.cache import lab_key
+    from copyguard.pipelines.lab.cache import lab_key, sample_data_dir
 
     cache = tmp_path / "cache"
     model = cache / f"lab-tiny-s0-{lab_key('tiny')}"
     model.mkdir(parents=True)
-    (cache / "data-tiny-s0").mkdir()
-    (cache / "data-tiny-s0" / ".done").touch()
+    data = sample_data_dir("tiny", cache=cache)
+    data.mkdir()
+    (data / ".done").touch()
     (model / ".done").touch()
     bucket = {"prompts": 2, "sscd_own": {"pct_gt_0.4": 75.0, "top1": 0.8}, "nl2": {"min": 1.1}}
     unique = {"prompts": 5, "sscd_own": {"pct_gt_0.4": 1.0}, "nl2": {}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from copyguard.pipelines.demo import main
-from copyguard.pipelines.lab.cache import lab_key
+from copyguard.pipelines.lab.cache import lab_key, sample_data_dir
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_demo_runs_all_stages(
     torch_single_thread,
 ) -> None:
     cache = tmp_path / "cache"
-    shutil.copytree(lab_tiny_data, cache / "data-tiny-s0")
+    shutil.copytree(lab_tiny_data, sample_data_dir("tiny", cache=cache))
     shutil.copytree(lab_tiny_model, cache / f"lab-tiny-s0-{lab_key('tiny')}")
     for folder in cache.iterdir():
         (folder / ".done").touch()

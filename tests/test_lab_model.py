@@ -142,6 +142,67 @@ def test_resume_continues_like_an_uninterrupted_run(lab_tiny_data: Path, tmp_pat
         train_lab_model(other, pattern, tmp_path / "b", data=data, resume=True)
 
 
+def test_vae_trains_on_aligned_crops_and_encodes_the_full_size(
+    lab_tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``vae.crop`` feeds the VAE crop-sized windows in training, the latents still come from full images,
+    and ``vae.mid_block_attention=false`` builds the VAE without its mid-block attention."""
+    from copyguard.pipelines.lab import trainer
+
+    seen: list[tuple[int, ...]] = []
+    built = []
+    build_vae = trainer.build_vae
+
+    def spy_vae(preset):
+        vae = build_vae(preset)
+        vae.encoder.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+        built.append(vae)
+        return vae
+
+    monkeypatch.setattr(trainer, "build_vae", spy_vae)
+    cfg = _micro(["lab.presets.tiny.vae.crop=16", "lab.presets.tiny.vae.mid_block_attention=false"])
+    pattern = str(lab_tiny_data / "*.tar")
+    data = load_lab_data(pattern, 32, 0, cfg.seed)
+    trainer.train_lab_model(cfg, pattern, tmp_path / "m", data=data, stop_at=("unet", 0))
+    batch = cfg.active().vae.batch_size
+    assert seen[:4] == [(batch, 3, 16, 16)] * 4  # the 4 training steps
+    assert all(shape[-2:] == (32, 32) for shape in seen[4:]) and sum(s[0] for s in seen[4:]) == len(data)
+    assert built[0].encoder.mid_block.attentions[0] is None
+
+
+def test_random_crops_are_seeded_windows_on_the_latent_grid() -> None:
+    from copyguard.pipelines.lab.trainer import _random_crop
+
+    x = torch.arange(6 * 3 * 32 * 32, dtype=torch.float32).reshape(6, 3, 32, 32)
+    a = _random_crop(x, 16, 4, torch.Generator().manual_seed(1))
+    b = _random_crop(x, 16, 4, torch.Generator().manual_seed(1))
+    assert a.shape == (6, 3, 16, 16) and torch.equal(a, b)
+    corners = set()
+    for i in range(6):
+        y, c = divmod(int(a[i, 0, 0, 0] - x[i, 0, 0, 0]), 32)
+        assert y % 4 == 0 and c % 4 == 0 and y <= 16 and c <= 16
+        torch.testing.assert_close(a[i], x[i, :, y : y + 16, c : c + 16])
+        corners.add((y, c))
+    assert len(corners) > 1  # each image its own window
+    assert _random_crop(x, 0, 4, torch.Generator()) is x and _random_crop(x, 32, 4, torch.Generator()) is x
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lab.presets.tiny.vae.crop=15", "multiple of the VAE's factor 2"),
+        ("lab.presets.tiny.vae.crop=64", "exceeds the resolution"),
+        ("lab.presets.tiny.resolution=33", "multiple of the VAE's factor"),
+        ("lab.presets.tiny.vae.norm_num_groups=24", "not multiples of norm_num_groups"),
+    ],
+)
+def test_preset_sizes_that_cannot_work_are_config_errors(override: str, message: str) -> None:
+    from copyguard.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _micro([override])
+
+
 def test_tiny_model_loads_and_samples(lab_tiny_model: Path) -> None:
     from diffusers import StableDiffusionPipeline
 

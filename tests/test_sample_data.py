@@ -3,6 +3,7 @@ same seed gives the same bytes. The tiny preset is built once per module."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -201,6 +202,44 @@ def test_cli_same_seed_same_bytes_and_refuses_existing_output(
     assert other.keys() == _files(tiny.out).keys()
     assert other["ground_truth.jsonl"] != _files(tiny.out)["ground_truth.jsonl"]
     assert other["shard-000000.tar"] != _files(tiny.out)["shard-000000.tar"]
+
+
+def test_image_size_is_the_presets_unless_set(tiny: Built, tmp_path: Path) -> None:
+    """Each preset renders at its own ``image_size`` (64 px by default); the top-level ``image_size``
+    overrides it, and the images in the shards have that size."""
+    from PIL import Image
+
+    assert SampleDataConfig(preset="small").size == 64 == SampleDataConfig(preset="tiny").size
+    big = SampleDataConfig(preset="small", presets={"small": {"image_size": 128}})
+    assert big.size == 128 and big.presets.tiny.image_size == 64
+    assert SampleDataConfig(preset="small", image_size=96, presets={"small": {"image_size": 128}}).size == 96
+    with pytest.raises(ValueError, match="0 .the preset's. or >= 16"):
+        SampleDataConfig(image_size=8)
+    first = next(iter(tiny.samples.values()))
+    assert Image.open(io.BytesIO(first.image)).size == (64, 64)
+    cfg = SampleDataConfig(preset="tiny", image_size=40, presets={"tiny": {"unique": 4, "image_groups": 0,
+        "caption_groups": 0, "dup_counts": [], "dup_groups_per_count": 0, "template_groups": 0,
+        "broken_per_kind": 0}})  # fmt: skip
+    build_sample_data(cfg, tmp_path / "s")
+    sizes = {Image.open(io.BytesIO(s.image)).size for p in sorted((tmp_path / "s").glob("*.tar"))
+             for s in read_shard_file(str(p)) if isinstance(s, Sample)}  # fmt: skip
+    assert sizes == {(40, 40)}
+
+
+def test_the_cache_keys_sample_data_by_its_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change of the builder's settings (here the image size) gives a new cache folder, so a cached build
+    of older settings is never reused."""
+    from copyguard.pipelines.lab import cache
+
+    before = cache.sample_data_dir("small", 0, tmp_path)
+    assert (
+        before == cache.sample_data_dir("small", 0, tmp_path) != cache.sample_data_dir("small", 1, tmp_path)
+    )
+    settings = cache._sample_data_config
+    monkeypatch.setattr(
+        cache, "_sample_data_config", lambda *a: settings(*a).model_copy(update={"image_size": 128})
+    )
+    assert cache.sample_data_dir("small", 0, tmp_path) != before
 
 
 def test_cli_rejects_bad_preset_and_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

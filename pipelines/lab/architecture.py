@@ -125,7 +125,7 @@ def build_text_encoder(preset: LabPresetConfig) -> CLIPTextModel:
 
 
 def build_vae(preset: LabPresetConfig) -> AutoencoderKL:
-    """``AutoencoderKL`` with ``len(block_out_channels) - 1`` halvings (f = 2 for two blocks)."""
+    """``AutoencoderKL`` with ``len(block_out_channels) - 1`` halvings (f = 2 for two blocks, SD's f = 8 for four)."""
     spec = preset.vae
     n = len(spec.block_out_channels)
     return AutoencoderKL(
@@ -138,6 +138,7 @@ def build_vae(preset: LabPresetConfig) -> AutoencoderKL:
         latent_channels=spec.latent_channels,
         norm_num_groups=spec.norm_num_groups,
         sample_size=preset.resolution,
+        mid_block_add_attention=spec.mid_block_attention,
     )
 
 

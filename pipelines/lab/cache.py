@@ -3,7 +3,8 @@
 Training the ``small`` lab model takes 15-20 CPU minutes, so the demo and the benchmarks build it once and
 reuse it. A cached model lives in ``CACHE/lab-<preset>-s<seed>-<key>/`` where ``key`` fingerprints the
 preset's settings and the copyguard version: a change of recipe trains a new model instead of silently
-reusing a stale one. The sample data it was trained on lives next to it in ``CACHE/data-<preset>-s<seed>/``.
+reusing a stale one. The sample data it was trained on lives next to it in ``CACHE/data-<preset>-s<seed>-<key>/``
+(keyed the same way by the sample-data settings).
 A folder counts as finished only once its ``.done`` marker exists; an interrupted training resumes from its
 checkpoints on the next call.
 """
@@ -18,27 +19,44 @@ from pathlib import Path
 
 from copyguard.common.runtime import package_version
 
-__all__ = ["DEFAULT_CACHE", "cached_index", "cached_lab_model", "cached_sample_data", "lab_key", "lab_setup"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "cached_index",
+    "cached_lab_model",
+    "cached_sample_data",
+    "lab_key",
+    "lab_setup",
+    "sample_data_dir",
+]
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path(os.environ.get("COPYGUARD_CACHE", ".cache/copyguard"))
 DONE = ".done"
 
 
-def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
-    """``copyguard sample-data --preset preset --seed seed`` in the cache (built on first use)."""
+def _sample_data_config(preset: str, seed: int):  # -> SampleDataConfig
     from copyguard.common.config import load_config
     from copyguard.pipelines.lab.config import SampleDataConfig
+
+    overrides = [f"sample_data.preset={preset}", f"sample_data.seed={seed}"]
+    return load_config(SampleDataConfig, "sample_data", None, overrides)
+
+
+def sample_data_dir(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
+    """Where the cached sample data of ``preset`` lives: ``data-<preset>-s<seed>-<key>``, ``key``
+    fingerprinting the builder's settings (image size included) and the copyguard version."""
+    settings = _sample_data_config(preset, seed).model_dump(mode="json")
+    blob = json.dumps({"settings": settings, "version": package_version("copyguard") or "0"}, sort_keys=True)
+    return Path(cache) / f"data-{preset}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
+    """``copyguard sample-data --preset preset --seed seed`` in the cache (built on first use)."""
     from copyguard.pipelines.lab.sample_data import build_sample_data
 
-    out = Path(cache) / f"data-{preset}-s{seed}"
+    out = sample_data_dir(preset, seed, cache)
     if not (out / DONE).is_file():
-        cfg = load_config(
-            SampleDataConfig,
-            "sample_data",
-            None,
-            [f"sample_data.preset={preset}", f"sample_data.seed={seed}"],
-        )
+        cfg = _sample_data_config(preset, seed)
         log.info("building sample data %s (seed %d) in %s", preset, seed, out)
         build_sample_data(cfg, out, overwrite=True)
         (out / DONE).touch()

@@ -43,16 +43,36 @@ LAB_PRESET_NAMES = ("tiny", "small", "gpu")
 
 # ------------------------------------------------------------------------------------------ lab model
 class VaeConfig(StrictModel):
-    """AutoencoderKL size and its training (L1 reconstruction + ``kl_weight`` * KL)."""
+    """AutoencoderKL size and its training (L1 + MSE reconstruction + ``kl_weight`` * KL).
+
+    ``crop`` > 0 trains on random ``crop`` x ``crop`` windows of the training images (the VAE is
+    convolutional, so it then encodes the full size at a fraction of the cost per step);
+    ``mid_block_attention`` is diffusers' ``mid_block_add_attention`` (off for crop training: an attention
+    layer trained on small windows would see a different token count at the full size).
+    """
 
     block_out_channels: list[int]
     layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(4, ge=1)
     norm_num_groups: int = Field(32, ge=1)
+    mid_block_attention: bool = True
     steps: int = Field(ge=0)
     batch_size: int = Field(32, ge=1)
+    crop: int = Field(0, ge=0)
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> VaeConfig:
+        factor = 2 ** (len(self.block_out_channels) - 1)
+        if self.crop and self.crop % factor:
+            raise ValueError(f"crop ({self.crop}) must be a multiple of the VAE's factor {factor}")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"block_out_channels {bad} are not multiples of norm_num_groups {self.norm_num_groups}"
+            )
+        return self
 
 
 class TextEncoderConfig(StrictModel):
@@ -117,6 +137,17 @@ class LabPresetConfig(StrictModel):
     unet: UnetConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> LabPresetConfig:
+        factor = 2 ** (len(self.vae.block_out_channels) - 1)
+        if self.resolution % factor:
+            raise ValueError(
+                f"resolution ({self.resolution}) must be a multiple of the VAE's factor {factor}"
+            )
+        if self.vae.crop > self.resolution:
+            raise ValueError(f"vae.crop ({self.vae.crop}) exceeds the resolution ({self.resolution})")
+        return self
 
 
 _TWO_LEVELS = {
@@ -260,6 +291,7 @@ class SampleDataPresetConfig(StrictModel):
     template_max: int = Field(12, ge=2, description="most images under one templated caption")
     broken_per_kind: int = Field(ge=0, le=400, description="samples of each broken kind")
     samples_per_shard: int = Field(ge=1, description="valid samples per shard")
+    image_size: int = Field(64, ge=16, le=1024, description="side of the square base images (px)")
     large_image_size: int = Field(
         0, ge=0, le=1024, description="hard preset: side of the large base images (0: 224 px)"
     )
@@ -342,11 +374,25 @@ class SampleDataConfig(StrictModel):
 
     preset: Literal["tiny", "small", "hard"] = Field("small", description="which entry of presets to build")
     seed: int = Field(0, ge=0, description="same seed, same bytes")
-    image_size: int = Field(64, ge=16, le=1024, description="side of the square base images (px)")
+    image_size: int = Field(
+        0, ge=0, le=1024, description="side of the square base images (px); 0: the preset's image_size"
+    )
     jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the base images")
     presets: SampleDataPresets = SampleDataPresets()
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if 0 < value < 16:
+            raise ValueError("must be 0 (the preset's) or >= 16")
+        return value
 
     @property
     def counts(self) -> SampleDataPresetConfig:
         """The selected preset's counts."""
         return getattr(self.presets, self.preset)
+
+    @property
+    def size(self) -> int:
+        """Side of the base images: ``image_size`` if set, else the preset's."""
+        return self.image_size or self.counts.image_size

@@ -138,7 +138,7 @@ class _Builder:
 
     def _base_image(self, tile: Tile | None = None) -> bytes:
         tile = tile if tile is not None else next(self._tiles)
-        return encode_jpeg(render_tile(tile, self.cfg.image_size), self.cfg.jpeg_quality)
+        return encode_jpeg(render_tile(tile, self.cfg.size), self.cfg.jpeg_quality)
 
     def _prepare_captions(self) -> None:
         pool = load_caption_pool()
@@ -257,7 +257,7 @@ class _Builder:
         digits = self.rng.permutation(5000)[: 12 * n]
         mosaics = [
             encode_jpeg(
-                mnist_mosaic(digits[4 * i : 4 * i + 4], self.cfg.image_size, self.rng), self.cfg.jpeg_quality
+                mnist_mosaic(digits[4 * i : 4 * i + 4], self.cfg.size, self.rng), self.cfg.jpeg_quality
             )
             for i in range(3 * n)
         ]

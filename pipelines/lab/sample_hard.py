@@ -57,7 +57,7 @@ def _half(tiles: list[Any], seed: int) -> list[Any]:
 def plant_hard(builder: Any) -> None:
     """Plant the ``hard`` preset into ``builder`` (a ``sample_data._Builder``)."""
     cfg, c, rng = builder.cfg, builder.counts, builder.rng
-    small_size, large_size = cfg.image_size, c.large_image_size or 224
+    small_size, large_size = cfg.size, c.large_image_size or 224
     pool = _half(load_image_pool(), cfg.seed)
     small_edit = [pool[int(i)] for i in rng.permutation(len(pool)) if pool[int(i)].editable]
     small_plain = [t for t in pool if not t.editable]

@@ -2,7 +2,8 @@
 
 Stages (each resumable from its last checkpoint in ``MODEL_DIR/checkpoints``):
 
-1. ``vae``: ``AutoencoderKL`` on the training images (L1 + MSE reconstruction + a small KL term).
+1. ``vae``: ``AutoencoderKL`` on the training images, or on random crops of them (``vae.crop``), with L1 +
+   MSE reconstruction and a small KL term.
 2. latents: every training image encoded once (posterior mean and std); ``scaling_factor`` = 1 / std.
 3. ``unet``: ``UNet2DConditionModel`` and the ``CLIPTextModel`` trained jointly on epsilon prediction,
    with caption dropout (the empty prompt) so classifier-free guidance works, and an EMA of both.
@@ -128,6 +129,18 @@ def _to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def _random_crop(x: torch.Tensor, crop: int, align: int, g: torch.Generator) -> torch.Tensor:
+    """One ``crop`` x ``crop`` window per image at a seeded position on the ``align`` grid (0: ``x``)."""
+    side = x.shape[-1]
+    if not crop or crop >= side:
+        return x
+    slots = (side - crop) // align + 1
+    pos = torch.randint(0, slots, (len(x), 2), generator=g) * align
+    return torch.stack(
+        [im[:, y : y + crop, c : c + crop] for im, (y, c) in zip(x, pos.tolist(), strict=True)]
+    )
+
+
 def _train_vae(vae, data: LabData, preset: LabPresetConfig, ctx: dict[str, Any]) -> float:
     spec = preset.vae
     device, seed = ctx["device"], ctx["seed"]
@@ -147,7 +160,8 @@ def _train_vae(vae, data: LabData, preset: LabPresetConfig, ctx: dict[str, Any])
         if ctx["stop"] == ("vae", step):
             return math.nan
         g = _generator(seed, "vae", step)
-        x = images[_batch_indices(len(images), spec.batch_size, step, seed, "vae")].to(device)
+        x = images[_batch_indices(len(images), spec.batch_size, step, seed, "vae")]
+        x = _random_crop(x, spec.crop, 2 ** (len(spec.block_out_channels) - 1), g).to(device)
         for group in opt.param_groups:
             group["lr"] = spec.lr * _lr_factor(step, spec.steps, 20)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx["bf16"]):
