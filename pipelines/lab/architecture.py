@@ -144,7 +144,7 @@ def build_vae(preset: LabPresetConfig) -> AutoencoderKL:
 
 def latent_size(preset: LabPresetConfig) -> int:
     """Side of the latent grid: the resolution divided by the VAE's downsampling factor."""
-    return preset.resolution // 2 ** (len(preset.vae.block_out_channels) - 1)
+    return preset.resolution // preset.vae.factor
 
 
 def build_unet(preset: LabPresetConfig) -> UNet2DConditionModel:

@@ -16,8 +16,12 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copyguard.common.runtime import package_version
+
+if TYPE_CHECKING:
+    from copyguard.pipelines.lab.config import SampleDataConfig
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -34,7 +38,13 @@ DEFAULT_CACHE = Path(os.environ.get("COPYGUARD_CACHE", ".cache/copyguard"))
 DONE = ".done"
 
 
-def _sample_data_config(preset: str, seed: int):  # -> SampleDataConfig
+def _key(body: dict, length: int) -> str:
+    """A fingerprint of ``body`` (JSON-able settings) and the copyguard version."""
+    blob = json.dumps({**body, "version": package_version("copyguard") or "0"}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _sample_data_config(preset: str, seed: int) -> SampleDataConfig:
     from copyguard.common.config import load_config
     from copyguard.pipelines.lab.config import SampleDataConfig
 
@@ -42,21 +52,24 @@ def _sample_data_config(preset: str, seed: int):  # -> SampleDataConfig
     return load_config(SampleDataConfig, "sample_data", None, overrides)
 
 
+def _data_dir(cfg: SampleDataConfig, cache: Path) -> Path:
+    key = _key({"settings": cfg.model_dump(mode="json")}, 8)
+    return Path(cache) / f"data-{cfg.preset}-s{cfg.seed}-{key}"
+
+
 def sample_data_dir(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
     """Where the cached sample data of ``preset`` lives: ``data-<preset>-s<seed>-<key>``, ``key``
     fingerprinting the builder's settings (image size included) and the copyguard version."""
-    settings = _sample_data_config(preset, seed).model_dump(mode="json")
-    blob = json.dumps({"settings": settings, "version": package_version("copyguard") or "0"}, sort_keys=True)
-    return Path(cache) / f"data-{preset}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    return _data_dir(_sample_data_config(preset, seed), cache)
 
 
 def cached_sample_data(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> Path:
     """``copyguard sample-data --preset preset --seed seed`` in the cache (built on first use)."""
     from copyguard.pipelines.lab.sample_data import build_sample_data
 
-    out = sample_data_dir(preset, seed, cache)
+    cfg = _sample_data_config(preset, seed)
+    out = _data_dir(cfg, cache)
     if not (out / DONE).is_file():
-        cfg = _sample_data_config(preset, seed)
         log.info("building sample data %s (seed %d) in %s", preset, seed, out)
         build_sample_data(cfg, out, overwrite=True)
         (out / DONE).touch()
@@ -68,10 +81,7 @@ def lab_key(preset: str, seed: int = 0) -> str:
     from copyguard.pipelines.lab.config import LabConfig
 
     settings = LabConfig(preset=preset, seed=seed).active().model_dump(mode="json")
-    blob = json.dumps(
-        {"settings": settings, "seed": seed, "version": package_version("copyguard") or "0"}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return _key({"settings": settings, "seed": seed}, 12)
 
 
 def cached_lab_model(preset: str, seed: int = 0, cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:

@@ -62,11 +62,15 @@ class VaeConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
 
+    @property
+    def factor(self) -> int:
+        """The downsampling factor: one halving per block after the first (f = 8 for SD's four)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
     @model_validator(mode="after")
     def _fits(self) -> VaeConfig:
-        factor = 2 ** (len(self.block_out_channels) - 1)
-        if self.crop and self.crop % factor:
-            raise ValueError(f"crop ({self.crop}) must be a multiple of the VAE's factor {factor}")
+        if self.crop and self.crop % self.factor:
+            raise ValueError(f"crop ({self.crop}) must be a multiple of the VAE's factor {self.factor}")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(
@@ -140,10 +144,9 @@ class LabPresetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sizes(self) -> LabPresetConfig:
-        factor = 2 ** (len(self.vae.block_out_channels) - 1)
-        if self.resolution % factor:
+        if self.resolution % self.vae.factor:
             raise ValueError(
-                f"resolution ({self.resolution}) must be a multiple of the VAE's factor {factor}"
+                f"resolution ({self.resolution}) must be a multiple of the VAE's factor {self.vae.factor}"
             )
         if self.vae.crop > self.resolution:
             raise ValueError(f"vae.crop ({self.vae.crop}) exceeds the resolution ({self.resolution})")

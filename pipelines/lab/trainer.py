@@ -161,7 +161,7 @@ def _train_vae(vae, data: LabData, preset: LabPresetConfig, ctx: dict[str, Any])
             return math.nan
         g = _generator(seed, "vae", step)
         x = images[_batch_indices(len(images), spec.batch_size, step, seed, "vae")]
-        x = _random_crop(x, spec.crop, 2 ** (len(spec.block_out_channels) - 1), g).to(device)
+        x = _random_crop(x, spec.crop, spec.factor, g).to(device)
         for group in opt.param_groups:
             group["lr"] = spec.lr * _lr_factor(step, spec.steps, 20)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx["bf16"]):
