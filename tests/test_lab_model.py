@@ -145,13 +145,16 @@ def test_resume_continues_like_an_uninterrupted_run(lab_tiny_data: Path, tmp_pat
 def test_vae_trains_on_aligned_crops_and_encodes_the_full_size(
     lab_tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``vae.crop`` feeds the VAE crop-sized windows in training, the latents still come from full images,
-    and ``vae.mid_block_attention=false`` builds the VAE without its mid-block attention."""
+    """``vae.crop`` feeds the VAE crop-sized windows in training and ``vae.full_size_steps`` whole images
+    (``full_size_batch_size`` of them) in its last steps; the latents still come from full images;
+    ``vae.mid_block_attention=false`` builds the VAE without its mid-block attention; the edge and
+    perceptual weights reach the loss with an Inception module."""
     from copyguard.pipelines.lab import trainer
+    from copyguard.pipelines.lab.vae_loss import InceptionPerceptual
 
     seen: list[tuple[int, ...]] = []
-    built = []
-    build_vae = trainer.build_vae
+    built, losses = [], []
+    build_vae, vae_loss = trainer.build_vae, trainer.vae_loss
 
     def spy_vae(preset):
         vae = build_vae(preset)
@@ -159,15 +162,35 @@ def test_vae_trains_on_aligned_crops_and_encodes_the_full_size(
         built.append(vae)
         return vae
 
+    def spy_loss(rec, x, kl, **kw):
+        losses.append(kw)
+        return vae_loss(rec, x, kl, **kw)
+
     monkeypatch.setattr(trainer, "build_vae", spy_vae)
-    cfg = _micro(["lab.presets.tiny.vae.crop=16", "lab.presets.tiny.vae.mid_block_attention=false"])
+    monkeypatch.setattr(trainer, "vae_loss", spy_loss)
+    cfg = _micro(
+        [
+            "lab.presets.tiny.vae.crop=16",
+            "lab.presets.tiny.vae.mid_block_attention=false",
+            "lab.presets.tiny.vae.full_size_steps=1",
+            "lab.presets.tiny.vae.full_size_batch_size=3",
+            "lab.presets.tiny.vae.edge_weight=0.5",
+            "lab.presets.tiny.vae.perceptual_weight=0.25",
+        ]
+    )
     pattern = str(lab_tiny_data / "*.tar")
     data = load_lab_data(pattern, 32, 0, cfg.seed)
     trainer.train_lab_model(cfg, pattern, tmp_path / "m", data=data, stop_at=("unet", 0))
-    batch = cfg.active().vae.batch_size
-    assert seen[:4] == [(batch, 3, 16, 16)] * 4  # the 4 training steps
+    spec = cfg.active().vae
+    assert spec.steps == 4
+    assert seen[:4] == [(spec.batch_size, 3, 16, 16)] * 3 + [
+        (3, 3, 32, 32)
+    ]  # 3 crop steps, 1 whole-image step
     assert all(shape[-2:] == (32, 32) for shape in seen[4:]) and sum(s[0] for s in seen[4:]) == len(data)
     assert built[0].encoder.mid_block.attentions[0] is None
+    assert len(losses) == 4
+    assert all(kw["edge_weight"] == 0.5 and kw["perceptual_weight"] == 0.25 for kw in losses)
+    assert all(isinstance(kw["perceptual"], InceptionPerceptual) for kw in losses)
 
 
 def test_random_crops_are_seeded_windows_on_the_latent_grid() -> None:
@@ -194,6 +217,7 @@ def test_random_crops_are_seeded_windows_on_the_latent_grid() -> None:
         ("lab.presets.tiny.vae.crop=64", "exceeds the resolution"),
         ("lab.presets.tiny.resolution=33", "multiple of the VAE's factor"),
         ("lab.presets.tiny.vae.norm_num_groups=24", "not multiples of norm_num_groups"),
+        ("lab.presets.tiny.vae.full_size_steps=5", "exceeds steps"),
     ],
 )
 def test_preset_sizes_that_cannot_work_are_config_errors(override: str, message: str) -> None:

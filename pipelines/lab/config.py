@@ -43,10 +43,12 @@ LAB_PRESET_NAMES = ("tiny", "small", "gpu")
 
 # ------------------------------------------------------------------------------------------ lab model
 class VaeConfig(StrictModel):
-    """AutoencoderKL size and its training (L1 + MSE reconstruction + ``kl_weight`` * KL).
+    """AutoencoderKL size and its training (L1 + MSE reconstruction + ``kl_weight`` * KL, plus the edge and
+    perceptual terms of :mod:`copyguard.pipelines.lab.vae_loss` when their weights are set).
 
     ``crop`` > 0 trains on random ``crop`` x ``crop`` windows of the training images (the VAE is
-    convolutional, so it then encodes the full size at a fraction of the cost per step);
+    convolutional, so it then encodes the full size at a fraction of the cost per step); the last
+    ``full_size_steps`` steps then train on whole images, ``full_size_batch_size`` of them (0: ``batch_size``);
     ``mid_block_attention`` is diffusers' ``mid_block_add_attention`` (off for crop training: an attention
     layer trained on small windows would see a different token count at the full size).
     """
@@ -59,8 +61,12 @@ class VaeConfig(StrictModel):
     steps: int = Field(ge=0)
     batch_size: int = Field(32, ge=1)
     crop: int = Field(0, ge=0)
+    full_size_steps: int = Field(0, ge=0)
+    full_size_batch_size: int = Field(0, ge=0)
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+    edge_weight: float = Field(0.0, ge=0)
+    perceptual_weight: float = Field(0.0, ge=0)
 
     @property
     def factor(self) -> int:
@@ -71,6 +77,8 @@ class VaeConfig(StrictModel):
     def _fits(self) -> VaeConfig:
         if self.crop and self.crop % self.factor:
             raise ValueError(f"crop ({self.crop}) must be a multiple of the VAE's factor {self.factor}")
+        if self.full_size_steps > self.steps:
+            raise ValueError(f"full_size_steps ({self.full_size_steps}) exceeds steps ({self.steps})")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(

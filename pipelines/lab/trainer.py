@@ -2,8 +2,8 @@
 
 Stages (each resumable from its last checkpoint in ``MODEL_DIR/checkpoints``):
 
-1. ``vae``: ``AutoencoderKL`` on the training images, or on random crops of them (``vae.crop``), with L1 +
-   MSE reconstruction and a small KL term.
+1. ``vae``: ``AutoencoderKL`` on the training images, or on random crops of them (``vae.crop``) and then on
+   whole ones (``vae.full_size_steps``), with the loss of :mod:`copyguard.pipelines.lab.vae_loss`.
 2. latents: every training image encoded once (posterior mean and std); ``scaling_factor`` = 1 / std.
 3. ``unet``: ``UNet2DConditionModel`` and the ``CLIPTextModel`` trained jointly on epsilon prediction,
    with caption dropout (the empty prompt) so classifier-free guidance works, and an EMA of both.
@@ -47,6 +47,7 @@ from copyguard.pipelines.lab.architecture import (
 )
 from copyguard.pipelines.lab.config import LabConfig, LabPresetConfig
 from copyguard.pipelines.lab.data import LabData, load_lab_data, tokenize_captions
+from copyguard.pipelines.lab.vae_loss import InceptionPerceptual, vae_loss
 from copyguard.train.ema import ExponentialMovingAverage
 
 __all__ = ["LabResult", "torch_settings", "train_lab_model"]
@@ -154,21 +155,25 @@ def _train_vae(vae, data: LabData, preset: LabPresetConfig, ctx: dict[str, Any])
         start, loss_avg = int(state["step"]), float(state["loss"])
         log.info("vae: resumed at step %d/%d", start, spec.steps)
     images = _to_float(data.images)
+    perceptual = InceptionPerceptual().to(device) if spec.perceptual_weight else None
     vae.to(device).train()
     bar = progress_bar(range(start, spec.steps), desc="vae", initial=start, total=spec.steps, unit="step")
     for step in bar:
         if ctx["stop"] == ("vae", step):
             return math.nan
         g = _generator(seed, "vae", step)
-        x = images[_batch_indices(len(images), spec.batch_size, step, seed, "vae")]
-        x = _random_crop(x, spec.crop, spec.factor, g).to(device)
+        whole = step >= spec.steps - spec.full_size_steps
+        batch = (spec.full_size_batch_size or spec.batch_size) if whole else spec.batch_size
+        x = images[_batch_indices(len(images), batch, step, seed, "vae")]
+        x = (x if whole else _random_crop(x, spec.crop, spec.factor, g)).to(device)
         for group in opt.param_groups:
             group["lr"] = spec.lr * _lr_factor(step, spec.steps, 20)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx["bf16"]):
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
             rec = vae.decode(z).sample.float()
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + spec.kl_weight * post.kl().mean()
+        loss = vae_loss(rec, x, post.kl().float(), kl_weight=spec.kl_weight, edge_weight=spec.edge_weight,
+                        perceptual_weight=spec.perceptual_weight, perceptual=perceptual)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
